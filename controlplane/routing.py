@@ -1,0 +1,11 @@
+"""WebSocket routes; each app adds its consumers here (live progress, log tails)."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from apps.core.consumers import PingConsumer
+
+websocket_urlpatterns = [
+    path("ws/ping/", PingConsumer.as_asgi()),
+]

@@ -1,0 +1,56 @@
+"""Shared fixtures: the cast of users (one per role), logged-in clients, service guards."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("MEDCTL_DEV_SECRETS", "1")
+# Playwright's sync API runs an event loop in the test thread; Django's ORM guard would
+# otherwise refuse the test body's queries (see shared/notes/browser-and-ocr.md).
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+def require_service(name: str, available: bool, why: str) -> None:
+    """Skip when a real service is absent, but fail in CI (MEDCTL_REQUIRE_SERVICES=1)."""
+    if available:
+        return
+    if os.environ.get("MEDCTL_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{name} is required here but not available: {why}")
+    pytest.skip(f"{name} not available: {why}")
+
+
+@pytest.fixture
+def cast(db):
+    """One user per role, keyed by role slug; MFA-role users have a confirmed TOTP device."""
+    from apps.core.roles import ALL_ROLES
+    from apps.core.testing import make_user, mfa_required, totp_device
+
+    users = {}
+    for role in sorted(ALL_ROLES):
+        user = make_user(f"u_{role}", role)
+        if mfa_required(role):
+            totp_device(user)
+        users[role] = user
+    return users
+
+
+@pytest.fixture
+def client_as(cast):
+    """``client_as("auditor")`` → a Client logged in (and TOTP-verified) as that role."""
+    from apps.core.testing import client_for
+
+    def make(role: str, *, verified: bool = True):
+        return client_for(cast[role], verified=verified)
+
+    return make
+
+
+@pytest.fixture
+def on_postgres(db):
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL (set DATABASE_URL)")
+    return connection
