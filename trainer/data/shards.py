@@ -1,0 +1,354 @@
+"""The shard format shared by the packing step (writer) and the trainer (reader).
+
+A dataset version is a folder::
+
+    shard-000000.tar ...          WebDataset tars: members <key>.json, <key>.txt,
+                                  <key>.img.npy (<key>.img1.npy ...), <key>.wav.npy
+    index/shard-000000.json       {"format_version", "shard",
+                                  "samples": {key: {ext: [offset, length]}}}
+    manifest.json                 {"format", "format_version", "shards": [{name, sha256, bytes,
+                                  samples}], "samples", "modalities": {text, image, waveform},
+                                  "lineage": {...}}
+
+``offset`` is the byte offset of the member's data inside the tar and ``length`` its size, so
+a reader seeks straight to one sample. The tars are plain USTAR files that ``webdataset``
+reads as they are. Pure Python + numpy (no torch): ``apps/datasets`` imports the writer.
+
+Change the format only by raising ``FORMAT_VERSION`` and keeping readers of the old one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "medctl-shards"
+FORMAT_VERSION = 1
+READABLE_VERSIONS = (1,)
+_KEY = re.compile(r"^[A-Za-z0-9_\-]+$")  # WebDataset splits member names at the first dot
+
+
+class ShardFormatError(ValueError):
+    """A dataset folder, shard or sample does not follow the format; the message names it."""
+
+
+@dataclass
+class Sample:
+    """One study or encounter: metadata, optional report text, image stacks and waveform."""
+
+    key: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    text: str | None = None
+    images: list[np.ndarray] = field(default_factory=list)  # int16 [S,R,C] or uint8 [S,R,C,3]
+    wave: np.ndarray | None = None  # float32 [channels, samples]
+
+    @property
+    def modalities(self) -> list[str]:
+        """Modalities present, in a fixed order."""
+        out = []
+        if self.text:
+            out.append("text")
+        if self.images:
+            out.append("image")
+        if self.wave is not None:
+            out.append("waveform")
+        return out
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fsync_dir(path: str | Path) -> None:
+    """fsync a directory so a rename inside it survives a crash."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary name, fsync, rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _check_image(key: str, array: np.ndarray) -> None:
+    gray = array.dtype == np.int16 and array.ndim == 3
+    colour = array.dtype == np.uint8 and array.ndim == 4 and array.shape[-1] == 3
+    if not (gray or colour):
+        raise ShardFormatError(
+            f"sample {key}: image must be int16 [slices, rows, cols] or uint8 "
+            f"[slices, rows, cols, 3], got {array.dtype} {list(array.shape)}"
+        )
+
+
+class ShardWriter:
+    """Writes samples into size-bounded shards, then the index files and the manifest.
+
+    Use as a context manager; the manifest is written last (atomically), so a folder with a
+    manifest is complete and a folder without one is an interrupted write.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        samples_per_shard: int = 1000,
+        max_shard_bytes: int = 1 << 30,
+        lineage: dict[str, Any] | None = None,
+    ) -> None:
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "index").mkdir(exist_ok=True)
+        self.samples_per_shard = samples_per_shard
+        self.max_shard_bytes = max_shard_bytes
+        self.lineage = lineage or {}
+        self.shards: list[dict[str, Any]] = []
+        self.modalities = {"text": 0, "image": 0, "waveform": 0}
+        self.keys: set[str] = set()
+        self._tar: tarfile.TarFile | None = None
+        self._fh: Any = None
+        self._index: dict[str, dict[str, list[int]]] = {}
+        self._name = ""
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._abort()
+
+    def _open(self) -> None:
+        self._name = f"shard-{len(self.shards):06d}.tar"
+        self._fh = open(self.out / f".{self._name}.tmp", "wb")  # noqa: SIM115 - closed in _finish
+        self._tar = tarfile.open(  # noqa: SIM115 - closed in _finish
+            fileobj=self._fh, mode="w", format=tarfile.USTAR_FORMAT
+        )
+        self._index = {}
+
+    def _add(self, name: str, data: bytes) -> list[int]:
+        assert self._tar is not None
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mode = 0o444
+        info.mtime = 0  # reproducible shards: same samples, same bytes, same sha256
+        header = info.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")
+        start = self._tar.offset + len(header)  # the member's bytes follow its header
+        self._tar.addfile(info, io.BytesIO(data))
+        return [start, len(data)]
+
+    def write(self, sample: Sample) -> None:
+        """Append one sample; starts a new shard when the current one is full."""
+        key = sample.key
+        if not _KEY.match(key):
+            raise ShardFormatError(f"sample key {key!r} must match {_KEY.pattern}")
+        if key in self.keys:
+            raise ShardFormatError(f"sample key {key!r} written twice")
+        for array in sample.images:
+            _check_image(key, array)
+        if sample.wave is not None and (sample.wave.dtype != np.float32 or sample.wave.ndim != 2):
+            raise ShardFormatError(
+                f"sample {key}: waveform must be float32 [channels, samples], got "
+                f"{sample.wave.dtype} {list(sample.wave.shape)}"
+            )
+        if self._tar is None:
+            self._open()
+        meta = {"format_version": FORMAT_VERSION, **sample.meta}
+        meta.setdefault("modalities", sample.modalities)
+        members = {"json": json.dumps(meta, sort_keys=True).encode()}
+        if sample.text:
+            members["txt"] = sample.text.encode("utf-8")
+        for i, array in enumerate(sample.images):
+            members["img.npy" if i == 0 else f"img{i}.npy"] = _npy_bytes(array)
+        if sample.wave is not None:
+            members["wav.npy"] = _npy_bytes(sample.wave)
+        self._index[key] = {ext: self._add(f"{key}.{ext}", data) for ext, data in members.items()}
+        self.keys.add(key)
+        for modality in sample.modalities:
+            self.modalities[modality] += 1
+        if len(self._index) >= self.samples_per_shard or self._fh.tell() >= self.max_shard_bytes:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self._tar is None:
+            return
+        self._tar.close()  # writes the end-of-archive blocks
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        final = self.out / self._name
+        os.replace(self.out / f".{self._name}.tmp", final)
+        index = {"format_version": FORMAT_VERSION, "shard": self._name, "samples": self._index}
+        write_atomic(self.out / "index" / f"{final.stem}.json", json.dumps(index).encode())
+        self.shards.append(
+            {
+                "name": self._name,
+                "sha256": sha256_file(final),
+                "bytes": final.stat().st_size,
+                "samples": len(self._index),
+            }
+        )
+        self._tar = None
+
+    def _abort(self) -> None:
+        if self._tar is not None:
+            self._fh.close()
+            (self.out / f".{self._name}.tmp").unlink(missing_ok=True)
+            self._tar = None
+
+    def close(self) -> dict[str, Any]:
+        """Finish the open shard and write ``manifest.json``; returns the manifest."""
+        self._finish()
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "shards": self.shards,
+            "samples": sum(s["samples"] for s in self.shards),
+            "modalities": self.modalities,
+            "lineage": self.lineage,
+        }
+        write_atomic(self.out / "manifest.json", json.dumps(manifest, indent=1).encode())
+        return manifest
+
+
+def read_manifest(root: str | Path) -> dict[str, Any]:
+    """Load and check a dataset's manifest; raises ShardFormatError naming the problem."""
+    path = Path(root) / "manifest.json"
+    if not path.exists():
+        raise ShardFormatError(f"{path}: missing (not a dataset folder, or an interrupted write)")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise ShardFormatError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    if manifest.get("format_version") not in READABLE_VERSIONS:
+        raise ShardFormatError(
+            f"{path}: format_version {manifest.get('format_version')!r} is not readable "
+            f"(this reader knows {READABLE_VERSIONS})"
+        )
+    return manifest
+
+
+class ShardReader:
+    """Random access to the samples of a dataset folder through its index files.
+
+    ``resolve(shard_name) -> path`` lets a node-local cache serve shard files; by default they
+    are read in place. Sample ``i`` is the ``i``-th key in shard order (manifest then index).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        resolve: Callable[[str], Path] | None = None,
+        verify: bool = False,
+    ) -> None:
+        self.root = Path(root)
+        self.manifest = read_manifest(self.root)
+        self.resolve = resolve or (lambda name: self.root / name)
+        self.keys: list[str] = []
+        self.locations: list[tuple[int, dict[str, list[int]]]] = []
+        self.shard_of: list[int] = []
+        for number, shard in enumerate(self.manifest["shards"]):
+            stem = Path(shard["name"]).stem
+            index = json.loads((self.root / "index" / f"{stem}.json").read_text())
+            if len(index["samples"]) != shard["samples"]:
+                raise ShardFormatError(
+                    f"{self.root}/index/{stem}.json: {len(index['samples'])} samples, manifest "
+                    f"says {shard['samples']}"
+                )
+            if verify:
+                actual = sha256_file(self.root / shard["name"])
+                if actual != shard["sha256"]:
+                    raise ShardFormatError(
+                        f"{self.root / shard['name']}: sha256 {actual} does not match the "
+                        f"manifest's {shard['sha256']}"
+                    )
+            for key, members in index["samples"].items():
+                self.keys.append(key)
+                self.locations.append((number, members))
+                self.shard_of.append(number)
+        self._handles: dict[int, Any] = {}
+
+    @property
+    def shard_names(self) -> list[str]:
+        """Shard file names in manifest order."""
+        return [s["name"] for s in self.manifest["shards"]]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def _handle(self, number: int) -> Any:
+        fh = self._handles.get(number)
+        if fh is None:
+            fh = open(self.resolve(self.shard_names[number]), "rb")  # noqa: SIM115 - cached
+            self._handles[number] = fh
+        return fh
+
+    def read_member(self, i: int, ext: str) -> bytes | None:
+        """Raw bytes of member ``ext`` of sample ``i`` (None when the sample has no such member)."""
+        number, members = self.locations[i]
+        loc = members.get(ext)
+        if loc is None:
+            return None
+        fh = self._handle(number)
+        fh.seek(loc[0])
+        data = fh.read(loc[1])
+        if len(data) != loc[1]:
+            raise ShardFormatError(
+                f"{self.shard_names[number]}: member {self.keys[i]}.{ext} is truncated"
+            )
+        return data
+
+    def __getitem__(self, i: int) -> Sample:
+        _number, members = self.locations[i]
+        meta = json.loads(self.read_member(i, "json") or b"{}")
+        txt = self.read_member(i, "txt")
+        images = []
+        for ext in sorted((e for e in members if e.startswith("img")), key=lambda e: (len(e), e)):
+            images.append(np.load(io.BytesIO(self.read_member(i, ext)), allow_pickle=False))
+        wav = self.read_member(i, "wav.npy")
+        return Sample(
+            key=self.keys[i],
+            meta=meta,
+            text=txt.decode("utf-8") if txt is not None else None,
+            images=images,
+            wave=np.load(io.BytesIO(wav), allow_pickle=False) if wav is not None else None,
+        )
+
+    def __iter__(self) -> Iterator[Sample]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def close(self) -> None:
+        """Close cached shard file handles."""
+        for fh in self._handles.values():
+            fh.close()
+        self._handles.clear()

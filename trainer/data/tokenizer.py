@@ -1,0 +1,136 @@
+"""A byte-level BPE tokenizer that is trained and shipped offline (no hub downloads).
+
+Ids ``0..8`` are the special tokens below (padding, sequence bounds, modality markers and the
+placeholders that the model replaces with encoder output), ``9..264`` the 256 byte values, and
+every further id one learned merge of two earlier ids. Any UTF-8 text (Chinese included)
+round-trips exactly because the base alphabet is bytes.
+
+Train with ``python -m trainer tokenizer --input notes.txt --vocab-size 8000 --out tok.json``.
+Pure Python and torch-free, so the packing step can import it too.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+FORMAT = "trainer-bpe-1"
+SPECIALS = (
+    "<pad>",
+    "<bos>",
+    "<eos>",
+    "<img>",
+    "</img>",
+    "<wav>",
+    "</wav>",
+    "<img_patch>",
+    "<wav_patch>",
+)
+PAD_ID, BOS_ID, EOS_ID, IMG_ID, IMG_END_ID, WAV_ID, WAV_END_ID, IMAGE_PATCH_ID, WAVE_PATCH_ID = (
+    range(len(SPECIALS))
+)
+BYTE_OFFSET = len(SPECIALS)
+
+# GPT-2 style pre-tokenisation with the standard library's Unicode-aware classes: merges never
+# cross a word, number or punctuation boundary, which keeps training and encoding cheap.
+_PRETOKEN = re.compile(
+    r"'(?:s|t|re|ve|m|ll|d)| ?[^\W\d_]+| ?\d{1,3}| ?[^\s\w]+|\s+(?!\S)|\s+", re.UNICODE
+)
+
+
+class Tokenizer:
+    """Byte-level BPE: ``encode(text) -> ids`` and ``decode(ids) -> text``."""
+
+    def __init__(self, merges: list[tuple[int, int]]) -> None:
+        self.merges = [tuple(m) for m in merges]
+        self.ranks = {pair: i for i, pair in enumerate(self.merges)}
+        self.bytes_of: list[bytes] = [s.encode() for s in SPECIALS]
+        self.bytes_of += [bytes([b]) for b in range(256)]
+        for a, b in self.merges:
+            self.bytes_of.append(self.bytes_of[a] + self.bytes_of[b])
+        self._cache: dict[str, list[int]] = {}
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids (specials + bytes + merges)."""
+        return len(self.bytes_of)
+
+    def _encode_word(self, word: str) -> list[int]:
+        cached = self._cache.get(word)
+        if cached is not None:
+            return cached
+        ids = [b + BYTE_OFFSET for b in word.encode()]
+        while len(ids) > 1:
+            # Apply the earliest-learned merge present, as in training.
+            best = min(
+                (
+                    (self.ranks.get((a, b), 1 << 60), i)
+                    for i, (a, b) in enumerate(itertools.pairwise(ids))
+                ),
+            )
+            rank, i = best
+            if rank == 1 << 60:
+                break
+            ids[i : i + 2] = [rank + BYTE_OFFSET + 256]
+        if len(self._cache) < 100_000:
+            self._cache[word] = ids
+        return ids
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` (no special tokens added)."""
+        out: list[int] = []
+        for word in _PRETOKEN.findall(text):
+            out.extend(self._encode_word(word))
+        return out
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids``; special tokens are dropped, invalid UTF-8 is replaced."""
+        data = b"".join(self.bytes_of[i] for i in ids if i >= BYTE_OFFSET)
+        return data.decode("utf-8", errors="replace")
+
+    def save(self, path: str | Path) -> None:
+        """Write the tokenizer as JSON (format, specials, merges)."""
+        payload = {"format": FORMAT, "specials": list(SPECIALS), "merges": self.merges}
+        Path(path).write_text(json.dumps(payload))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        """Read a tokenizer written by :meth:`save`; refuses other formats."""
+        payload = json.loads(Path(path).read_text())
+        if payload.get("format") != FORMAT or tuple(payload.get("specials", ())) != SPECIALS:
+            raise ValueError(f"{path}: not a {FORMAT} tokenizer (format {payload.get('format')!r})")
+        return cls([tuple(m) for m in payload["merges"]])
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int) -> Tokenizer:
+        """Learn ``vocab_size - 265`` merges from ``texts`` (deterministic: ties break by id)."""
+        if vocab_size < BYTE_OFFSET + 256:
+            raise ValueError(f"vocab_size {vocab_size} is below the {BYTE_OFFSET + 256} base ids")
+        counts: collections.Counter[str] = collections.Counter()
+        for text in texts:
+            counts.update(_PRETOKEN.findall(text))
+        words = [[b + BYTE_OFFSET for b in w.encode()] for w in counts]
+        freqs = list(counts.values())
+        merges: list[tuple[int, int]] = []
+        next_id = BYTE_OFFSET + 256
+        while next_id < vocab_size:
+            pairs: collections.Counter[tuple[int, int]] = collections.Counter()
+            for ids, freq in zip(words, freqs, strict=True):
+                for pair in itertools.pairwise(ids):
+                    pairs[pair] += freq
+            if not pairs:
+                break
+            best = max(pairs.items(), key=lambda kv: (kv[1], -kv[0][0], -kv[0][1]))[0]
+            merges.append(best)
+            for ids in words:
+                i = 0
+                while i < len(ids) - 1:
+                    if ids[i] == best[0] and ids[i + 1] == best[1]:
+                        ids[i : i + 2] = [next_id]
+                    i += 1
+            next_id += 1
+        return cls(merges)
