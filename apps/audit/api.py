@@ -1,0 +1,44 @@
+"""Read-only REST access to the audit trail: ``/api/audit/events/`` with the page's filters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers, viewsets
+from rest_framework.exceptions import ValidationError
+
+from apps.audit.filtersets import AuditEventFilterForm
+from apps.audit.models import AuditEvent
+from apps.core.roles import AUDITOR, PRIVACY
+
+
+class AuditEventSerializer(serializers.ModelSerializer):
+    details = serializers.JSONField(read_only=True)
+
+    class Meta:
+        model = AuditEvent
+        fields = ["seq", "timestamp", "user_id", "action", "resource", "pre_hash", "post_hash",
+                  "request_id", "client_ip", "details", "prev_digest", "digest"]
+        read_only_fields = fields
+
+
+class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
+    """Audit events, newest first. Filters: ``user_id``, ``action`` (exact, or a prefix ending
+    in '.'), ``resource`` (exact, or ``app.model`` for all of a kind), ``request_id``,
+    ``since``, ``until`` (ISO 8601)."""
+
+    allowed_roles = {AUDITOR, PRIVACY}
+    serializer_class = AuditEventSerializer
+    queryset = AuditEvent.objects.order_by("-seq")
+    lookup_field = "seq"
+
+    def get_queryset(self) -> Any:
+        qs = super().get_queryset()
+        if self.action != "list":
+            return qs
+        params = {k: v for k, v in self.request.query_params.items()
+                  if k in AuditEventFilterForm.base_fields}
+        form = AuditEventFilterForm(params)
+        if not form.is_valid():
+            raise ValidationError(form.errors.get_json_data())
+        return form.filter(qs)

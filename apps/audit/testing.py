@@ -1,0 +1,69 @@
+"""Test helpers that step around the append-only triggers. Tests and benchmarks only.
+
+Tamper tests must edit history the way an attacker with database superuser rights would, and
+the test runner must empty the table between transactional tests (Django's flush issues
+TRUNCATE on PostgreSQL and DELETE on SQLite, which the triggers refuse).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from django.db import connection as default_connection
+from django.db import transaction
+
+_SQLITE_TRIGGERS = {
+    "audit_auditevent_no_update": (
+        "CREATE TRIGGER audit_auditevent_no_update BEFORE UPDATE ON audit_auditevent "
+        "BEGIN SELECT RAISE(ABORT, 'audit trail is append-only: UPDATE refused'); END;"
+    ),
+    "audit_auditevent_no_delete": (
+        "CREATE TRIGGER audit_auditevent_no_delete BEFORE DELETE ON audit_auditevent "
+        "BEGIN SELECT RAISE(ABORT, 'audit trail is append-only: DELETE refused'); END;"
+    ),
+}
+
+
+@contextlib.contextmanager
+def triggers_bypassed(connection: Any = None) -> Iterator[Any]:
+    """Run the body with the append-only triggers out of the way; yields a cursor.
+
+    PostgreSQL: ``session_replication_role = replica`` (superuser only) for one transaction, so
+    ordinary triggers do not fire. SQLite: drop the triggers and recreate them afterwards.
+    """
+    connection = connection or default_connection
+    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SET LOCAL session_replication_role = replica")
+            yield cursor
+            cursor.execute("SET LOCAL session_replication_role = origin")
+        else:
+            for name in _SQLITE_TRIGGERS:
+                cursor.execute(f"DROP TRIGGER IF EXISTS {name}")
+            try:
+                yield cursor
+            finally:
+                for sql in _SQLITE_TRIGGERS.values():
+                    cursor.execute(sql)
+
+
+def allow_flush(connection: Any) -> Callable[[], None]:
+    """Let Django's test flush empty the audit table; returns the function that undoes it.
+
+    Wraps ``connection.ops.execute_sql_flush`` so the flush runs with the triggers bypassed.
+    Use it from a fixture around ``transactional_db`` / ``live_server`` tests.
+    """
+    original = connection.ops.execute_sql_flush
+
+    def execute_sql_flush(sql_list: list[str]) -> None:
+        with triggers_bypassed(connection):
+            original(sql_list)
+
+    connection.ops.execute_sql_flush = execute_sql_flush
+
+    def undo() -> None:
+        connection.ops.execute_sql_flush = original
+
+    return undo
