@@ -164,7 +164,7 @@ def details_text(details: dict[str, Any] | None) -> str:
     if not isinstance(details, dict):
         raise AuditError(f"details must be a dict, not {type(details).__name__}")
     for key, value in details.items():
-        if not isinstance(key, str) or not DETAIL_KEY_RE.match(key):
+        if not isinstance(key, str) or not DETAIL_KEY_RE.fullmatch(key):
             raise AuditError(f"details key {key!r} must match {DETAIL_KEY_RE.pattern}")
         if isinstance(value, list | tuple):
             if len(value) > MAX_DETAIL_ITEMS:
@@ -183,7 +183,7 @@ def details_text(details: dict[str, Any] | None) -> str:
 def _validated_context() -> tuple[str, str]:
     ctx = context.current()
     request_id = ctx.request_id
-    if not _REQUEST_ID_RE.match(request_id or ""):
+    if not _REQUEST_ID_RE.fullmatch(request_id or ""):
         raise AuditError(f"request id {request_id!r} is malformed")
     client_ip = ""
     if ctx.client_ip:
@@ -233,11 +233,11 @@ def record(
             f"record({action!r}, ...) must run inside transaction.atomic() with the change it "
             "records"
         )
-    if not isinstance(action, str) or len(action) > MAX_ACTION_LEN or not ACTION_RE.match(
+    if not isinstance(action, str) or len(action) > MAX_ACTION_LEN or not ACTION_RE.fullmatch(
         action
     ):
         raise AuditError(f"action {action!r} must match {ACTION_RE.pattern}")
-    if not isinstance(resource, str) or not RESOURCE_RE.match(resource):
+    if not isinstance(resource, str) or not RESOURCE_RE.fullmatch(resource):
         raise AuditError(f"resource {resource!r} must look like 'app.model:id' (ids only)")
     user_id = _actor_id(actor)
     details_json = details_text(details)

@@ -52,18 +52,23 @@ def triggers_bypassed(connection: Any = None) -> Iterator[Any]:
 def allow_flush(connection: Any) -> Callable[[], None]:
     """Let Django's test flush empty the audit table; returns the function that undoes it.
 
-    Wraps ``connection.ops.execute_sql_flush`` so the flush runs with the triggers bypassed.
-    Use it from a fixture around ``transactional_db`` / ``live_server`` tests.
+    Wraps ``execute_sql_flush`` of the connection's operations class (so every connection of
+    that vendor, in every thread) to run with the triggers bypassed. Install it once per test
+    session, before any ``transactional_db`` / ``live_server`` test tears down.
     """
-    original = connection.ops.execute_sql_flush
+    ops_class = type(connection.ops)
+    original = ops_class.execute_sql_flush
+    if getattr(original, "_audit_flush_allowed", False):
+        return lambda: None
 
-    def execute_sql_flush(sql_list: list[str]) -> None:
-        with triggers_bypassed(connection):
-            original(sql_list)
+    def execute_sql_flush(self: Any, sql_list: list[str]) -> None:
+        with triggers_bypassed(self.connection):
+            original(self, sql_list)
 
-    connection.ops.execute_sql_flush = execute_sql_flush
+    execute_sql_flush._audit_flush_allowed = True  # type: ignore[attr-defined]
+    ops_class.execute_sql_flush = execute_sql_flush
 
     def undo() -> None:
-        connection.ops.execute_sql_flush = original
+        ops_class.execute_sql_flush = original
 
     return undo

@@ -61,7 +61,7 @@ def _run(schema_editor, index):
     if statements is None:
         return  # other databases: the hash chain alone
     for sql in statements[index]:
-        schema_editor.execute(sql)
+        schema_editor.execute(sql, None)  # None: the plpgsql "%" are not placeholders
 
 
 def install(apps, schema_editor):
