@@ -9,11 +9,6 @@ from controlplane.api import urlpatterns as api_urlpatterns
 urlpatterns = [
     path("", include("apps.core.urls")),
     path("accounts/", include("apps.accounts.urls")),
+    path("audit/", include("apps.audit.urls")),
     path("api/", include(api_urlpatterns)),
 ]
-try:  # the audit app lands its pages in parallel with this file
-    import apps.audit.urls  # noqa: F401
-
-    urlpatterns.append(path("audit/", include("apps.audit.urls")))
-except ImportError:
-    pass

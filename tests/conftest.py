@@ -54,3 +54,24 @@ def on_postgres(db):
     if connection.vendor != "postgresql":
         pytest.skip("needs PostgreSQL (set DATABASE_URL)")
     return connection
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _audit_table_can_be_flushed():
+    """Let transactional tests' flush empty the append-only audit table (test runs only).
+
+    Skipped when Django is not loaded (the pure packages' suites run with ``-p no:django``).
+    """
+    try:
+        from django.conf import settings
+
+        settings.INSTALLED_APPS  # noqa: B018 - raises when Django is not configured
+        from django.db import connection
+
+        from apps.audit.testing import allow_flush
+    except Exception:
+        yield
+        return
+    undo = allow_flush(connection)
+    yield
+    undo()

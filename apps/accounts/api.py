@@ -20,32 +20,58 @@ from apps.core import access
 class ApiTokenSerializer(serializers.ModelSerializer):
     class Meta:
         model = ApiToken
-        fields = ["id", "name", "key_id", "scopes", "created", "expires_at", "revoked_at",
-                  "last_used_at"]
+        fields = [
+            "id",
+            "name",
+            "key_id",
+            "scopes",
+            "created",
+            "expires_at",
+            "revoked_at",
+            "last_used_at",
+        ]
         read_only_fields = fields
 
 
 class NewTokenSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=80)
-    hours = serializers.IntegerField(min_value=1, max_value=settings.API_TOKEN_MAX_HOURS,
-                                     required=False)
+    hours = serializers.IntegerField(
+        min_value=1, max_value=settings.API_TOKEN_MAX_HOURS, required=False
+    )
     scopes = serializers.ListField(child=serializers.CharField(max_length=40), required=False)
 
 
+class MeSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    username = serializers.CharField()
+    roles = serializers.ListField(child=serializers.CharField())
+    token = serializers.CharField(allow_null=True)
+
+
 class MeView(APIView):
+    """The caller and the roles they act with now (narrowed by the token's scopes)."""
+
     allowed_roles = access.ANY_ROLE
+    serializer_class = MeSerializer
 
     def get(self, request: Request) -> Response:
         user = request.user
-        return Response({
-            "id": user.pk, "username": user.get_username(),
-            "roles": sorted(access.roles_of(user, request.auth)),
-            "token": request.auth.key_id if isinstance(request.auth, ApiToken) else None,
-        })
+        return Response(
+            {
+                "id": user.pk,
+                "username": user.get_username(),
+                "roles": sorted(access.roles_of(user, request.auth)),
+                "token": request.auth.key_id if isinstance(request.auth, ApiToken) else None,
+            }
+        )
 
 
-class ApiTokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
-                      mixins.DestroyModelMixin, viewsets.GenericViewSet):
+class ApiTokenViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
     """Tokens belong to their owner; DELETE revokes (the row stays for the audit trail)."""
 
     allowed_roles = access.ANY_ROLE
@@ -63,7 +89,8 @@ class ApiTokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         scopes = data.validated_data.get("scopes")
         try:
             token, plaintext = services.issue_token(
-                request.user, name=data.validated_data["name"],
+                request.user,
+                name=data.validated_data["name"],
                 hours=data.validated_data.get("hours"),
                 scopes=set(scopes) if scopes is not None else None,
             )

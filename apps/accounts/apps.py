@@ -13,6 +13,6 @@ class AccountsConfig(AppConfig):
 
         navigation.register("home", _("Overview"), "core:home", ANY_ROLE, order=0)
         navigation.register("tokens", _("API tokens"), "accounts:tokens", ANY_ROLE, order=900)
-        from apps.accounts import signals  # noqa: F401 - connects receivers
+        from apps.accounts import schema, signals  # noqa: F401 - registers receivers, schema
 
         navigation.register("users", _("Users and roles"), "accounts:users", {ADMIN}, order=910)

@@ -11,19 +11,23 @@ from apps.core.roles import ROLE_LABELS
 
 class TotpForm(forms.Form):
     code = forms.RegexField(
-        regex=r"^\s*\d{6}\s*$", label=_("Six-digit code"),
-        widget=forms.TextInput(attrs={"autocomplete": "one-time-code", "inputmode": "numeric",
-                                      "autofocus": True}),
+        regex=r"^\s*\d{6}\s*$",
+        label=_("Six-digit code"),
+        widget=forms.TextInput(
+            attrs={"autocomplete": "one-time-code", "inputmode": "numeric", "autofocus": True}
+        ),
         error_messages={"invalid": _("Enter the six digits your authenticator shows.")},
     )
 
 
 class TokenForm(forms.Form):
     name = forms.CharField(max_length=80, label=_("Name"))
-    hours = forms.IntegerField(min_value=1, label=_("Lifetime (hours)"),
-                               initial=settings.API_TOKEN_DEFAULT_HOURS)
-    scopes = forms.MultipleChoiceField(choices=(), widget=forms.CheckboxSelectMultiple,
-                                       label=_("Scopes"))
+    hours = forms.IntegerField(
+        min_value=1, label=_("Lifetime (hours)"), initial=settings.API_TOKEN_DEFAULT_HOURS
+    )
+    scopes = forms.MultipleChoiceField(
+        choices=(), widget=forms.CheckboxSelectMultiple, label=_("Scopes")
+    )
 
     def __init__(self, *args: Any, roles: frozenset[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -37,12 +41,15 @@ class TokenForm(forms.Form):
 
 class RolesForm(forms.Form):
     roles = forms.MultipleChoiceField(
-        choices=sorted(ROLE_LABELS.items()), widget=forms.CheckboxSelectMultiple,
-        required=False, label=_("Roles"),
+        choices=sorted(ROLE_LABELS.items()),
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
+        label=_("Roles"),
     )
 
 
 class NewUserForm(RolesForm):
     username = forms.RegexField(regex=r"^[A-Za-z0-9_.-]{3,40}$", label=_("Username"))
-    password = forms.CharField(widget=forms.PasswordInput, label=_("Initial password"),
-                               min_length=12)
+    password = forms.CharField(
+        widget=forms.PasswordInput, label=_("Initial password"), min_length=12
+    )

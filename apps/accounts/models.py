@@ -10,7 +10,7 @@ from django.contrib.auth.models import AbstractUser
 from django.db import models
 from django.utils import timezone
 
-TOKEN_PREFIX = "mct"
+TOKEN_PREFIX = "mct"  # noqa: S105 - a public marker, not a secret
 
 
 class User(AbstractUser):
@@ -33,8 +33,9 @@ class ApiToken(models.Model):
     intersected with the owner's current roles, so removing a role also narrows tokens.
     """
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
-                             related_name="api_tokens")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
     name = models.CharField(max_length=80)
     key_id = models.CharField(max_length=16, unique=True)
     secret_hash = models.CharField(max_length=64)

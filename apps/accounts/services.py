@@ -15,16 +15,11 @@ from django.utils import timezone
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from apps.accounts.models import ApiToken
+from apps.audit.services import record
 from apps.core.access import roles_of
 from apps.core.roles import ALL_ROLES
 
 User = get_user_model()
-
-
-def record(*args: Any, **kwargs: Any) -> Any:  # TEMP until apps.audit.services lands
-    from apps.audit.services import record as _record
-
-    return _record(*args, **kwargs)
 
 
 def _user_state(user: Any) -> dict[str, Any]:
@@ -41,8 +36,14 @@ def ensure_role_groups() -> None:
         Group.objects.get_or_create(name=name)
 
 
-def create_user(username: str, *, roles: set[str] | frozenset[str], acting_user: Any | None,
-                password: str | None = None, email: str = "") -> Any:
+def create_user(
+    username: str,
+    *,
+    roles: set[str] | frozenset[str],
+    acting_user: Any | None,
+    password: str | None = None,
+    email: str = "",
+) -> Any:
     """Create a staff account in the given roles."""
     unknown = set(roles) - ALL_ROLES
     if unknown:
@@ -54,8 +55,12 @@ def create_user(username: str, *, roles: set[str] | frozenset[str], acting_user:
             user.save(update_fields=["password"])
         for name in sorted(roles):
             user.groups.add(Group.objects.get_or_create(name=name)[0])
-        record("accounts.user_created", f"accounts.user:{user.pk}", actor=acting_user,
-               post=_user_state(user))
+        record(
+            "accounts.user_created",
+            f"accounts.user:{user.pk}",
+            actor=acting_user,
+            post=_user_state(user),
+        )
     return user
 
 
@@ -73,14 +78,22 @@ def set_roles(user: Any, roles: set[str] | frozenset[str], *, acting_user: Any) 
         user.__dict__.pop("_medctl_roles", None)
         after = _user_state(user)
         if before != after:
-            record("accounts.roles_changed", f"accounts.user:{user.pk}", actor=acting_user,
-                   pre=before, post=after,
-                   details={"added": sorted(set(after["roles"]) - set(before["roles"])),
-                            "removed": sorted(set(before["roles"]) - set(after["roles"]))})
+            record(
+                "accounts.roles_changed",
+                f"accounts.user:{user.pk}",
+                actor=acting_user,
+                pre=before,
+                post=after,
+                details={
+                    "added": sorted(set(after["roles"]) - set(before["roles"])),
+                    "removed": sorted(set(before["roles"]) - set(after["roles"])),
+                },
+            )
 
 
-def issue_token(user: Any, *, name: str, hours: int | None = None,
-                scopes: set[str] | None = None) -> tuple[ApiToken, str]:
+def issue_token(
+    user: Any, *, name: str, hours: int | None = None, scopes: set[str] | None = None
+) -> tuple[ApiToken, str]:
     """Mint a bearer token for ``user``; returns the row and the secret, shown only once.
 
     Scopes default to all of the user's roles and may only narrow them. Lifetime is capped
@@ -88,8 +101,9 @@ def issue_token(user: Any, *, name: str, hours: int | None = None,
     """
     hours = hours or settings.API_TOKEN_DEFAULT_HOURS
     if not 1 <= hours <= settings.API_TOKEN_MAX_HOURS:
-        raise ValidationError(f"lifetime must be 1 to {settings.API_TOKEN_MAX_HOURS} hours, "
-                              f"got {hours}")
+        raise ValidationError(
+            f"lifetime must be 1 to {settings.API_TOKEN_MAX_HOURS} hours, got {hours}"
+        )
     held = roles_of(user)
     scopes = set(held) if scopes is None else set(scopes)
     if not scopes or not scopes <= held:
@@ -98,13 +112,24 @@ def issue_token(user: Any, *, name: str, hours: int | None = None,
     key_id, secret, plaintext = ApiToken.new_key()
     with transaction.atomic():
         token = ApiToken.objects.create(
-            user=user, name=name, key_id=key_id, secret_hash=ApiToken.hash_secret(secret),
-            scopes=sorted(scopes), expires_at=timezone.now() + timedelta(hours=hours),
+            user=user,
+            name=name,
+            key_id=key_id,
+            secret_hash=ApiToken.hash_secret(secret),
+            scopes=sorted(scopes),
+            expires_at=timezone.now() + timedelta(hours=hours),
         )
-        record("accounts.token_issued", f"accounts.apitoken:{token.pk}", actor=user,
-               post={"key_id": key_id, "scopes": token.scopes,
-                     "expires_at": token.expires_at.isoformat()},
-               details={"hours": hours})
+        record(
+            "accounts.token_issued",
+            f"accounts.apitoken:{token.pk}",
+            actor=user,
+            post={
+                "key_id": key_id,
+                "scopes": token.scopes,
+                "expires_at": token.expires_at.isoformat(),
+            },
+            details={"hours": hours},
+        )
     return token, plaintext
 
 
@@ -115,8 +140,12 @@ def revoke_token(token: ApiToken, *, acting_user: Any) -> bool:
             revoked_at=timezone.now()
         )
         if changed:
-            record("accounts.token_revoked", f"accounts.apitoken:{token.pk}", actor=acting_user,
-                   details={"key_id": token.key_id})
+            record(
+                "accounts.token_revoked",
+                f"accounts.apitoken:{token.pk}",
+                actor=acting_user,
+                details={"key_id": token.key_id},
+            )
     return bool(changed)
 
 
@@ -136,8 +165,12 @@ def confirm_totp(user: Any, device: TOTPDevice, code: str) -> bool:
         TOTPDevice.objects.filter(user=user, confirmed=True).delete()
         device.confirmed = True
         device.save(update_fields=["confirmed"])
-        record("accounts.mfa_enrolled", f"accounts.user:{user.pk}", actor=user,
-               details={"device": device.persistent_id})
+        record(
+            "accounts.mfa_enrolled",
+            f"accounts.user:{user.pk}",
+            actor=user,
+            details={"device": device.persistent_id},
+        )
     return True
 
 
@@ -148,8 +181,12 @@ def record_login(user: Any, *, succeeded: bool, username: str | None = None) -> 
             record("accounts.login", f"accounts.user:{user.pk}", actor=user)
         else:
             digest = hashlib.sha256((username or "").encode()).hexdigest()[:16]
-            record("accounts.login_failed", "accounts.login:-", actor=None,
-                   details={"username_sha256": digest})
+            record(
+                "accounts.login_failed",
+                "accounts.login:-",
+                actor=None,
+                details={"username_sha256": digest},
+            )
 
 
 def record_logout(user: Any) -> None:
@@ -159,5 +196,9 @@ def record_logout(user: Any) -> None:
 
 def record_mfa_passed(user: Any, device: TOTPDevice) -> None:
     with transaction.atomic():
-        record("accounts.mfa_verified", f"accounts.user:{user.pk}", actor=user,
-               details={"device": device.persistent_id})
+        record(
+            "accounts.mfa_verified",
+            f"accounts.user:{user.pk}",
+            actor=user,
+            details={"device": device.persistent_id},
+        )

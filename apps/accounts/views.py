@@ -58,8 +58,9 @@ def mfa(request: HttpRequest) -> HttpResponse:
                 services.record_mfa_passed(user, device)
                 return redirect(_safe_next(request))
             form.add_error("code", _("That code is not valid. Wait for the next one and retry."))
-        return render(request, "accounts/mfa_verify.html", {"form": form,
-                                                            "next": _safe_next(request)})
+        return render(
+            request, "accounts/mfa_verify.html", {"form": form, "next": _safe_next(request)}
+        )
 
     pending = services.pending_totp_device(user)
     if request.method == "POST" and form.is_valid():
@@ -71,9 +72,16 @@ def mfa(request: HttpRequest) -> HttpResponse:
         form.add_error("code", _("That code is not valid. Check the device clock and retry."))
     svg = segno.make(pending.config_url, error="m").svg_inline(scale=4)
     secret = base64.b32encode(pending.bin_key).decode().rstrip("=")
-    return render(request, "accounts/mfa_enrol.html", {
-        "form": form, "qr_svg": svg, "secret": secret, "next": _safe_next(request),
-    })
+    return render(
+        request,
+        "accounts/mfa_enrol.html",
+        {
+            "form": form,
+            "qr_svg": svg,
+            "secret": secret,
+            "next": _safe_next(request),
+        },
+    )
 
 
 @access.roles(*access.ANY_ROLE)
@@ -84,15 +92,18 @@ def tokens(request: HttpRequest) -> HttpResponse:
     created = None
     if request.method == "POST" and form.is_valid():
         try:
-            token, created = services.issue_token(
-                request.user, name=form.cleaned_data["name"], hours=form.cleaned_data["hours"],
+            _, created = services.issue_token(
+                request.user,
+                name=form.cleaned_data["name"],
+                hours=form.cleaned_data["hours"],
                 scopes=set(form.cleaned_data["scopes"]),
             )
         except ValidationError as exc:
             form.add_error(None, exc)
     rows = ApiToken.objects.filter(user=request.user)
-    return render(request, "accounts/tokens.html", {"form": form, "tokens": rows,
-                                                    "created": created})
+    return render(
+        request, "accounts/tokens.html", {"form": form, "tokens": rows, "created": created}
+    )
 
 
 @access.roles(*access.ANY_ROLE)
@@ -111,19 +122,23 @@ def users(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         try:
             validate_password(form.cleaned_data["password"])
-            services.create_user(form.cleaned_data["username"],
-                                 roles=set(form.cleaned_data["roles"]),
-                                 password=form.cleaned_data["password"],
-                                 acting_user=request.user)
+            services.create_user(
+                form.cleaned_data["username"],
+                roles=set(form.cleaned_data["roles"]),
+                password=form.cleaned_data["password"],
+                acting_user=request.user,
+            )
             messages.success(request, _("User created."))
             return redirect("accounts:users")
         except ValidationError as exc:
             form.add_error("password", exc)
     people = get_user_model().objects.order_by("username").prefetch_related("groups")
     rows = [(u, sorted(g.name for g in u.groups.all() if g.name in ALL_ROLES)) for u in people]
-    return render(request, "accounts/users.html", {"form": form, "rows": rows,
-                                                   "role_choices": RolesForm().fields["roles"]
-                                                   .choices})
+    return render(
+        request,
+        "accounts/users.html",
+        {"form": form, "rows": rows, "role_choices": RolesForm().fields["roles"].choices},
+    )
 
 
 @access.roles(ADMIN)

@@ -45,9 +45,9 @@ def current() -> RequestContext:
 
 
 @contextlib.contextmanager
-def bound_context(request_id: str | None = None, client_ip: str | None = None) -> Iterator[
-    RequestContext
-]:
+def bound_context(
+    request_id: str | None = None, client_ip: str | None = None
+) -> Iterator[RequestContext]:
     ctx = RequestContext(request_id=new_request_id(request_id), client_ip=client_ip)
     token = _current.set(ctx)
     try:

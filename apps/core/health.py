@@ -23,7 +23,11 @@ def check_broker() -> str:
 
     with app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, timeout=2)
-        return conn.transport_cls if isinstance(conn.transport_cls, str) else conn.transport.driver_type
+        return (
+            conn.transport_cls
+            if isinstance(conn.transport_cls, str)
+            else conn.transport.driver_type
+        )
 
 
 def check_channel_layer() -> str:

@@ -27,8 +27,9 @@ class NavItem:
 _items: dict[str, NavItem] = {}
 
 
-def register(key: str, label: str, url_name: str, roles: frozenset[str] | set[str],
-             order: int = 100) -> None:
+def register(
+    key: str, label: str, url_name: str, roles: frozenset[str] | set[str], order: int = 100
+) -> None:
     _items[key] = NavItem(key, label, url_name, frozenset(roles), order)
 
 

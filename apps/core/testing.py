@@ -16,7 +16,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from apps.core.roles import ALL_ROLES
 
-PASSWORD = "correct-horse-battery-staple-42"
+PASSWORD = "correct-horse-battery-staple-42"  # noqa: S105 - test cast only
 
 
 def make_user(username: str, *role_names: str, password: str = PASSWORD, **extra: Any) -> Any:

@@ -1,0 +1,67 @@
+"""`manage.py demo`: demo users for every role (TOTP pre-enrolled), then the demo job.
+
+The passwords and TOTP secrets are generated once into var/demo-logins.json and printed
+each run, so a trial keeps working across restarts. Never run this on a real site.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import transaction
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from apps.accounts import services
+from apps.core.context import bound_context
+from apps.core.roles import ALL_ROLES, ROLE_LABELS
+
+
+class Command(BaseCommand):
+    help = "Create demo users for every role and print the logins (demo only)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--url", default="http://127.0.0.1:8000")
+
+    def handle(self, *args: Any, url: str, **options: Any) -> None:
+        if not settings.DEBUG:
+            raise CommandError("The demo runs only with DEBUG=1 (it creates known logins).")
+        store = Path(settings.VAR_DIR) / "demo-logins.json"
+        logins: dict[str, dict[str, str]] = json.loads(store.read_text()) if store.exists() else {}
+        services.ensure_role_groups()
+        with bound_context() as ctx, transaction.atomic():
+            for role in sorted(ALL_ROLES):
+                username = f"demo_{role}"
+                entry = logins.setdefault(
+                    role, {"username": username, "password": secrets.token_urlsafe(9)}
+                )
+                User = get_user_model()
+                user = User.objects.filter(username=username).first()
+                if user is None:
+                    user = services.create_user(
+                        username, roles={role}, acting_user=None, password=entry["password"]
+                    )
+                device = TOTPDevice.objects.filter(user=user, confirmed=True).first()
+                if device is None:
+                    device = TOTPDevice.objects.create(user=user, name="demo", confirmed=True)
+                entry["totp_secret"] = base64.b32encode(device.bin_key).decode().rstrip("=")
+            store.write_text(json.dumps(logins, indent=2))
+            store.chmod(0o600)
+        self.stdout.write(f"\nMedCtl demo is up: {url}/  (request {ctx.request_id})\n")
+        self.stdout.write(f"{'role':<22} {'username':<26} {'password':<14} TOTP secret\n")
+        for role in sorted(ALL_ROLES):
+            e = logins[role]
+            mfa = e["totp_secret"] if role in settings.MFA_REQUIRED_ROLES else "(optional)"
+            self.stdout.write(
+                f"{ROLE_LABELS[role]!s:<22} {e['username']:<26} {e['password']:<14} {mfa}\n"
+            )
+        self.stdout.write(
+            "Add a TOTP secret to any authenticator app (or `oathtool --totp -b "
+            "SECRET`) for the roles that require it.\n"
+        )
