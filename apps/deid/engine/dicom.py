@@ -1,0 +1,662 @@
+"""DICOM header de-identification: PS3.15 Table E.1-1 with the options of a profile.
+
+The walk applies one action per element, recursing into every sequence item. Beyond the
+table (``profile.strict``) it blanks person names, cleans free text, shifts or blanks dates
+and re-keys instance UIDs wherever they appear, so unlisted, retired and unknown elements do
+not become a side door. A post-check re-reads the output and refuses it if a known identifier
+of the patient is still present in any element at any depth.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+import pydicom
+from pydicom.datadict import dictionary_has_tag
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    UID_dictionary,
+)
+
+from .confidentiality import resolve_action, rule_for
+from .errors import CorruptInputError, DeidError, UnsafeOutputError, UnsupportedInputError
+from .keys import ProjectKey
+from .profile import DeidProfile
+from .result import OK, QUARANTINED, FileResult, sha256
+from .text.engine import PatientContext, TextDeidentifier
+from .vault import PseudonymVault
+
+PIXEL_DATA = 0x7FE00010
+_TEXT_VRS = {"LT", "ST", "UT"}
+_SHORT_TEXT_VRS = {"LO", "SH", "UC", "CS", "AE", "UR"}
+_BINARY_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN"}
+_NUMERIC_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"}
+_DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+# Patient-identifying elements whose values feed the "always remove wherever it appears" list.
+_PATIENT_NAME_TAGS = (0x00100010, 0x00101001, 0x00101005, 0x00101060, 0x00102297)
+_PATIENT_ID_TAGS = (
+    0x00100020,
+    0x00101000,
+    0x00080050,
+    0x00380010,
+    0x00101090,
+    0x00380060,
+    0x00401001,
+    0x00400009,
+    0x00400253,
+    0x00200010,
+    0x00402016,
+    0x00402017,
+    0x00120040,
+    0x00120042,
+)
+
+
+@dataclass
+class _Walk:
+    """State shared by one file's walk."""
+
+    profile: DeidProfile
+    key: ProjectKey
+    text: TextDeidentifier
+    ctx: PatientContext
+    shift: int | None
+    actions: Counter[str] = field(default_factory=Counter)
+    findings: Counter[str] = field(default_factory=Counter)
+    known_re: re.Pattern[str] | None = None
+
+
+# ------------------------------------------------------------------------------------------
+def read_dicom(data: bytes) -> Dataset:
+    """Parse DICOM bytes (with or without preamble/meta); raise CorruptInputError on failure.
+
+    Every element is converted once so that deferred parse errors (wrong VR, absurd lengths,
+    bad character sets) surface here as a typed error rather than half-way through the walk.
+    """
+    if len(data) < 8:
+        raise CorruptInputError("file shorter than one element", reason="dicom_truncated")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(io.BytesIO(data), force=True)
+            _check_consumed(ds, len(data))
+            _touch(ds, 0)
+    except DeidError:
+        raise
+    except RecursionError:
+        raise CorruptInputError("sequence nesting too deep", reason="dicom_nesting") from None
+    except Exception as exc:  # pydicom raises many types; messages may quote values (PHI)
+        raise CorruptInputError(type(exc).__name__, reason="dicom_unparseable") from None
+    if len(ds) == 0:
+        raise CorruptInputError("no data elements", reason="dicom_empty")
+    if "SOPClassUID" not in ds and "PixelData" not in ds and "PatientID" not in ds:
+        raise CorruptInputError("no SOP Class, patient or pixel data", reason="dicom_not_a_dataset")
+    _check_pixel_length(ds)
+    return ds
+
+
+def _check_consumed(ds: Dataset, size: int) -> None:
+    """pydicom stops silently when an element header is cut off; bytes left after the last
+    parsed element mean the file was truncated or damaged there."""
+    end = 0
+    for raw in ds._dict.values():
+        tell = getattr(raw, "value_tell", None)
+        length = getattr(raw, "length", None)
+        if isinstance(tell, int) and isinstance(length, int):
+            if length == 0xFFFFFFFF:
+                return  # undefined length: the reader consumed up to its delimiter
+            end = max(end, tell + length)
+    if end and size - end > 0:
+        raise CorruptInputError(f"{size - end} unparsed trailing bytes", reason="dicom_truncated")
+
+
+def _touch(ds: Dataset, depth: int) -> None:
+    if depth > 32:
+        raise CorruptInputError("sequence nesting deeper than 32", reason="dicom_nesting")
+    # pydicom accepts a short read at end of file silently; a raw value shorter than its
+    # declared length means the file was truncated inside that element.
+    for raw in list(ds._dict.values()):
+        length = getattr(raw, "length", None)
+        value = getattr(raw, "value", None)
+        if (
+            isinstance(length, int)
+            and length != 0xFFFFFFFF
+            and isinstance(value, (bytes, bytearray))
+            and len(value) != length
+        ):
+            raise CorruptInputError(
+                f"element ({int(raw.tag) >> 16:04X},{int(raw.tag) & 0xFFFF:04X}) truncated",
+                reason="dicom_truncated",
+            )
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _touch(item, depth + 1)
+        else:
+            _ = elem.value
+
+
+def _check_pixel_length(ds: Dataset) -> None:
+    """Quarantine native pixel data whose length does not match its header (truncation)."""
+    if "PixelData" not in ds:
+        if "Rows" in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+            raise CorruptInputError(
+                "image header without pixel data", reason="dicom_pixels_missing"
+            )
+        return
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is not None and ts.is_compressed:
+        return
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        spp = int(ds.get("SamplesPerPixel", 1))
+        bits = int(ds.BitsAllocated)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except Exception:
+        raise CorruptInputError("pixel module incomplete", reason="dicom_pixel_module") from None
+    expected = rows * cols * spp * frames * bits // 8
+    actual = len(ds.PixelData)
+    if actual < expected:
+        raise CorruptInputError(
+            f"pixel data {actual} bytes, header implies {expected}", reason="dicom_pixels_truncated"
+        )
+
+
+# ------------------------------------------------------------------------------------------
+def _str_values(elem: DataElement) -> list[str]:
+    v = elem.value
+    if v is None or v == "":
+        return []
+    if isinstance(v, (list, tuple, pydicom.multival.MultiValue)):
+        return [str(x) for x in v if x not in (None, "")]
+    return [str(v)]
+
+
+def patient_context(ds: Dataset, key: ProjectKey) -> PatientContext:
+    """Names and identifiers of this file's patient (and every person named in it)."""
+    pid = str(ds.get("PatientID", "") or "").strip()
+    names: list[str] = []
+    ids: list[str] = []
+    for tag in _PATIENT_NAME_TAGS:
+        if tag in ds:
+            names.extend(_str_values(ds[tag]))
+    for tag in _PATIENT_ID_TAGS:
+        if tag in ds:
+            ids.extend(_str_values(ds[tag]))
+
+    def collect(d: Dataset) -> None:
+        for e in d:
+            if e.VR == "PN":
+                names.extend(_str_values(e))
+            elif e.VR == "SQ":
+                for item in e.value:
+                    collect(item)
+            elif e.tag == 0x00100020 or e.tag == 0x00101000:
+                ids.extend(_str_values(e))
+
+    collect(ds)
+    patient_key = pid or "|".join(
+        [str(ds.get("PatientName", "")), str(ds.get("PatientBirthDate", ""))]
+    )
+    ctx = PatientContext.build(key, patient_id=patient_key, names=names, identifiers=ids)
+    return ctx
+
+
+def _known_regex(ctx: PatientContext) -> re.Pattern[str] | None:
+    values = [v for v in (*ctx.names, *ctx.identifiers) if len(v) >= 2]
+    if not values:
+        return None
+    parts = sorted({re.escape(v) for v in values}, key=len, reverse=True)
+    return re.compile("|".join(parts), re.IGNORECASE)
+
+
+# ------------------------------------------------------------------------------------------
+def _shift_da(value: str, shift: int | None) -> str:
+    if shift is None:
+        return ""
+    out = []
+    for part in value.split("-"):
+        part = part.strip()
+        if not part:
+            out.append("")
+            continue
+        m = re.fullmatch(r"(\d{4})(\d{2})(\d{2})", part)
+        if not m:
+            return ""
+        try:
+            d = date(int(m.group(1)), int(m.group(2)), int(m.group(3))) + timedelta(days=shift)
+        except ValueError:
+            return ""
+        out.append(d.strftime("%Y%m%d"))
+    return "-".join(out)
+
+
+def _shift_dt(value: str, shift: int | None) -> str:
+    if shift is None:
+        return ""
+    m = re.fullmatch(r"(\d{4})(\d{2})?(\d{2})?(.*)", value.strip())
+    if not m:
+        return ""
+    y, mo, d, rest = m.group(1), m.group(2), m.group(3), m.group(4)
+    try:
+        base = date(int(y), int(mo or 7), int(d or 15)) + timedelta(days=shift)
+    except ValueError:
+        return ""
+    s = f"{base.year:04d}"
+    if mo:
+        s += f"{base.month:02d}"
+    if d:
+        s += f"{base.day:02d}"
+    return s + rest
+
+
+_DUMMY: dict[str, Any] = {
+    "PN": "ANONYMIZED",
+    "LO": "ANONYMIZED",
+    "SH": "ANONYMIZED",
+    "ST": "ANONYMIZED",
+    "LT": "ANONYMIZED",
+    "UT": "ANONYMIZED",
+    "UC": "ANONYMIZED",
+    "CS": "ANONYMIZED",
+    "AE": "ANONYMIZED",
+    "UR": "",
+    "DA": "19000101",
+    "TM": "000000",
+    "DT": "19000101000000",
+    "AS": "000Y",
+    "IS": "0",
+    "DS": "0",
+}
+
+
+def _set(elem: DataElement, value: Any) -> None:
+    elem.value = value
+
+
+def _map_values(elem: DataElement, fn: Callable[[str], str]) -> None:
+    v = elem.value
+    if isinstance(v, (list, tuple, pydicom.multival.MultiValue)):
+        elem.value = [fn(str(x)) for x in v]
+    elif v not in (None, ""):
+        elem.value = fn(str(v))
+
+
+class DicomDeidentifier:
+    """Applies a :class:`DeidProfile` to datasets; holds the key, the text engine, the vault."""
+
+    def __init__(
+        self,
+        key: ProjectKey,
+        profile: DeidProfile | None = None,
+        *,
+        vault: PseudonymVault | None = None,
+    ) -> None:
+        self.key = key
+        self.profile = profile or DeidProfile()
+        self.vault = vault
+        self.text = TextDeidentifier(key, self.profile.text)
+
+    # --------------------------------------------------------------------------------------
+    def _uid(self, value: str) -> str:
+        v = value.strip().rstrip("\x00")
+        if not v or v in UID_dictionary:
+            return v  # well-known standard UIDs (SOP classes, transfer syntaxes) stay
+        return self.key.uid(v)
+
+    def _clean_text(self, w: _Walk, value: str) -> str:
+        res = self.text.deidentify(value, w.ctx)
+        for f in res.findings:
+            w.findings[f.type] += 1
+        return res.text
+
+    def _scrub_known(self, w: _Walk, value: str) -> str:
+        if w.known_re is None or not value:
+            return value
+        out, n = w.known_re.subn("ANONYMIZED", value)
+        if n:
+            w.findings["KNOWN_IDENTIFIER"] += n
+        return out
+
+    def _dummy(self, w: _Walk, elem: DataElement) -> None:
+        vr = elem.VR
+        if vr == "UI":
+            _map_values(elem, self._uid)
+        elif vr == "DA":
+            shifted = _shift_da(str(elem.value or ""), w.shift) if elem.value else ""
+            _set(elem, shifted or _DUMMY["DA"])
+        elif vr == "DT":
+            shifted = _shift_dt(str(elem.value or ""), w.shift) if elem.value else ""
+            _set(elem, shifted or _DUMMY["DT"])
+        elif vr in _DUMMY:
+            _set(elem, _DUMMY[vr])
+        elif vr in _NUMERIC_VRS:
+            _set(elem, 0)
+        else:
+            _set(elem, None)
+
+    def _clean(self, w: _Walk, elem: DataElement) -> None:
+        vr = elem.VR
+        if vr == "DA":
+            _map_values(elem, lambda v: _shift_da(v, w.shift))
+        elif vr == "DT":
+            _map_values(elem, lambda v: _shift_dt(v, w.shift))
+        elif vr == "TM":
+            pass  # modified-dates option keeps times of day; only dates move
+        elif vr == "UI":
+            _map_values(elem, self._uid)
+        elif vr in _TEXT_VRS or vr in _SHORT_TEXT_VRS or vr == "PN":
+            _map_values(elem, lambda v: self._clean_text(w, v))
+            if vr in ("SH", "CS", "AE"):
+                _map_values(elem, lambda v: v[:16])
+            elif vr in ("LO", "PN"):
+                _map_values(elem, lambda v: v[:64])
+        elif vr == "AS":
+            _map_values(elem, _cap_age)
+        # numeric and binary values carry no text to clean
+
+    # --------------------------------------------------------------------------------------
+    def _apply(self, w: _Walk, ds: Dataset, elem: DataElement, action: str, depth: int) -> None:
+        tag = elem.tag
+        w.actions[action] += 1
+        if action == "X":
+            del ds[tag]
+            return
+        if elem.VR == "SQ":
+            if action == "Z":
+                elem.value = Sequence()
+            else:  # K, C, D, U, U*: keep the structure, clean every item
+                for item in elem.value:
+                    self._walk(w, item, depth + 1)
+            return
+        if action == "Z":
+            if tag == 0x00100010 and depth == 0:
+                return  # the top-level patient name gets the pseudonym in _finish
+            elem.value = None if elem.VR in _NUMERIC_VRS or elem.VR in _BINARY_VRS else ""
+        elif action == "D":
+            self._dummy(w, elem)
+        elif action == "U":
+            _map_values(elem, self._uid)
+        elif action == "C":
+            self._clean(w, elem)
+        elif action == "K":
+            if elem.VR == "AS":
+                _map_values(elem, _cap_age)
+        else:
+            raise AssertionError(f"unknown action {action}")
+
+    def _strict(self, w: _Walk, ds: Dataset, elem: DataElement, depth: int) -> None:
+        """Elements outside the table: the safety net by VR."""
+        vr = elem.VR
+        if vr == "SQ":
+            for item in elem.value:
+                self._walk(w, item, depth + 1)
+            return
+        if vr == "UI":
+            if not self.profile.retain_uids:
+                _map_values(elem, self._uid)
+            return
+        if not self.profile.strict:
+            return
+        if vr == "PN" and elem.value:
+            w.actions["strict_PN"] += 1
+            self._dummy(w, elem)
+        elif vr in ("DA", "DT") and elem.value:
+            w.actions["strict_date"] += 1
+            if self.profile.retain_long_modified_dates:
+                self._clean(w, elem)
+            else:
+                elem.value = ""
+        elif vr in _TEXT_VRS and elem.value:
+            w.actions["strict_text"] += 1
+            _map_values(elem, lambda v: self._clean_text(w, v))
+        elif vr in _SHORT_TEXT_VRS and elem.value:
+            _map_values(elem, lambda v: self._scrub_known(w, v))
+        elif vr == "AS":
+            _map_values(elem, _cap_age)
+
+    def _private(self, w: _Walk, ds: Dataset, elem: DataElement, keep: set[int]) -> None:
+        tag = elem.tag
+        if 0x0010 <= tag.element <= 0x00FF:
+            return  # creators are decided after their blocks
+        if tag.element >= 0x1000 and self.profile.retain_safe_private:
+            creator_tag = Tag(tag.group, tag.element >> 8)
+            creator = ds.get(creator_tag)
+            creator_s = str(creator.value).strip() if creator is not None else ""
+            for sp in self.profile.safe_private:
+                if (
+                    sp.creator == creator_s
+                    and sp.group == tag.group
+                    and sp.element == tag.element & 0xFF
+                ):
+                    keep.add(int(creator_tag))
+                    w.actions["private_kept"] += 1
+                    if elem.VR in _TEXT_VRS or elem.VR in _SHORT_TEXT_VRS or elem.VR == "PN":
+                        _map_values(elem, lambda v: self._scrub_known(w, v))
+                    return
+        w.actions["private_removed"] += 1
+        del ds[tag]
+
+    def _walk(self, w: _Walk, ds: Dataset, depth: int = 0) -> None:
+        keep_creators: set[int] = set()
+        for elem in list(ds):
+            tag: BaseTag = elem.tag
+            if tag.group == 0x0002:
+                continue
+            if tag.element == 0x0000:
+                del ds[tag]  # group lengths are retired and would be stale
+                continue
+            if tag.is_private:
+                self._private(w, ds, elem, keep_creators)
+                continue
+            rule = rule_for(int(tag))
+            if rule is not None:
+                action = resolve_action(rule, self.profile)
+                if action == "U*":
+                    action = "K" if elem.VR == "SQ" else "U"
+                self._apply(w, ds, elem, action, depth)
+            elif not dictionary_has_tag(tag) and not _is_repeating_known(int(tag)):
+                w.actions["X_unknown"] += 1
+                del ds[tag]
+            else:
+                self._strict(w, ds, elem, depth)
+        for elem in list(ds):
+            t = elem.tag
+            if t.is_private and 0x0010 <= t.element <= 0x00FF and int(t) not in keep_creators:
+                del ds[t]
+
+    # --------------------------------------------------------------------------------------
+    def deidentify_dataset(self, ds: Dataset, *, pixels_cleaned: bool = False) -> tuple[_Walk, str]:
+        """De-identify ``ds`` in place; returns the walk state and the patient pseudonym."""
+        ctx = patient_context(ds, self.key)
+        shift = ctx.date_shift_days if self.profile.retain_long_modified_dates else None
+        w = _Walk(self.profile, self.key, self.text, ctx, shift)
+        w.known_re = _known_regex(ctx)
+        original_pid = str(ds.get("PatientID", "") or "").strip()
+        pseudonym = self.key.pseudonym(ctx.patient_key or "unknown")
+        if self.vault is not None and original_pid:
+            self.vault.record("patient_id", pseudonym, original_pid)
+        self._walk(w, ds)
+        self._finish(ds, pseudonym, pixels_cleaned=pixels_cleaned)
+        return w, pseudonym
+
+    def _finish(self, ds: Dataset, pseudonym: str, *, pixels_cleaned: bool) -> None:
+        ds.PatientID = pseudonym
+        ds.PatientName = pseudonym
+        ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = [
+            "DICOM PS3.15 E.1-1 Basic Profile",
+            f"medctl {self.profile.fingerprint()}"[:64],
+        ]
+        seq = Sequence()
+        for code, meaning in self.profile.method_codes(pixels_cleaned=pixels_cleaned):
+            item = Dataset()
+            item.CodeValue = code
+            item.CodingSchemeDesignator = "DCM"
+            item.CodeMeaning = meaning
+            seq.append(item)
+        ds.DeidentificationMethodCodeSequence = seq
+        if self.profile.retain_long_modified_dates:
+            ds.LongitudinalTemporalInformationModified = "MODIFIED"
+        elif "LongitudinalTemporalInformationModified" in ds:
+            ds.LongitudinalTemporalInformationModified = "REMOVED"
+        if pixels_cleaned:
+            ds.BurnedInAnnotation = "NO"
+        if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
+            del ds.SpecificCharacterSet
+
+
+def _cap_age(value: str) -> str:
+    m = re.fullmatch(r"(\d{3})Y", value.strip())
+    if m and int(m.group(1)) > 89:
+        return "090Y"
+    return value
+
+
+def _is_repeating_known(tag: int) -> bool:
+    # Overlay (60xx) and curve (50xx) groups repeat; pydicom's dictionary lists them masked.
+    group = tag >> 16
+    return 0x5000 <= group <= 0x60FF and group % 2 == 0
+
+
+# ------------------------------------------------------------------------------------------
+def write_dicom(ds: Dataset, *, original: Dataset | None = None) -> bytes:
+    """Serialise with a valid file meta header (adding one for headerless input)."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        meta = FileMetaDataset(meta) if meta is not None else FileMetaDataset()
+        implicit, little = getattr(ds, "original_encoding", (True, True))
+        if implicit is None:
+            implicit = True
+        meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian
+            if implicit
+            else (ExplicitVRLittleEndian if little in (True, None) else ExplicitVRBigEndian)
+        )
+        ds.file_meta = meta
+    if "SOPClassUID" in ds:
+        meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    if "SOPInstanceUID" in ds:
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    for t in (0x00020016, 0x00020100, 0x00020102):  # source AE title, private info
+        if t in meta:
+            del meta[t]
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def find_residual(data: bytes, ctx: PatientContext) -> list[str]:
+    """Tags (as ``GGGGEEEE`` paths) whose value still contains a known identifier."""
+    values = [v for v in (*ctx.names, *ctx.identifiers) if len(v) >= 3]
+    if not values:
+        return []
+    rx = re.compile("|".join(sorted({re.escape(v) for v in values}, key=len, reverse=True)), re.I)
+    enc = []
+    for v in values:
+        for codec in ("utf-8", "gb18030", "big5", "utf-16-le"):
+            try:
+                b = v.encode(codec)
+            except (UnicodeEncodeError, LookupError):
+                continue
+            if len(b) >= 4:
+                enc.append(b)
+    hits: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+
+    def scan(d: Dataset, path: str) -> None:
+        for e in d:
+            p = f"{path}{int(e.tag):08X}"
+            if e.tag == PIXEL_DATA:
+                continue
+            if e.VR == "SQ":
+                for i, item in enumerate(e.value):
+                    scan(item, f"{p}[{i}].")
+            elif isinstance(e.value, (bytes, bytearray)):
+                if any(b in e.value for b in enc):
+                    hits.append(p)
+            else:
+                if any(rx.search(s) for s in _str_values(e)):
+                    hits.append(p)
+
+    scan(ds.file_meta, "")
+    scan(ds, "")
+    return hits
+
+
+def deidentify_dicom(
+    data: bytes,
+    *,
+    key: ProjectKey,
+    profile: DeidProfile | None = None,
+    vault: PseudonymVault | None = None,
+    pixel_cleaner: Any = None,
+) -> FileResult:
+    """De-identify one DICOM file's bytes; never raises for bad input (returns quarantine).
+
+    ``pixel_cleaner`` is a :class:`apps.deid.engine.pixels.PixelCleaner` (or None to skip
+    burned-in text handling, which quarantines files that need it when the profile requires OCR).
+    """
+    profile = profile or DeidProfile()
+    result = FileResult(kind="dicom", input_sha256=sha256(data), profile=profile.fingerprint())
+    try:
+        ds = read_dicom(data)
+        meta = getattr(ds, "file_meta", None)
+        if meta is not None and str(meta.get("MediaStorageSOPClassUID", "")) == _DICOMDIR_CLASS:
+            raise UnsupportedInputError("DICOMDIR index files are not released", reason="dicomdir")
+        deid = DicomDeidentifier(key, profile, vault=vault)
+        ctx = patient_context(ds, key)
+        pixels_cleaned = False
+        if pixel_cleaner is not None:
+            report = pixel_cleaner.clean_dataset(ds, context=ctx)
+            result.actions.update(report.actions)
+            result.findings.update(report.findings)
+            pixels_cleaned = report.changed
+        elif _needs_ocr(ds, profile) and profile.ocr.require_ocr:
+            raise UnsafeOutputError(
+                "burned-in text suspected and no OCR configured", reason="ocr_required"
+            )
+        w, pseudonym = deid.deidentify_dataset(ds, pixels_cleaned=pixels_cleaned)
+        out = write_dicom(ds)
+        residual = find_residual(out, w.ctx)
+        if residual:
+            raise UnsafeOutputError(
+                f"identifier still present in {len(residual)} element(s): "
+                + ",".join(residual[:5]),
+                reason="residual_identifier",
+            )
+        result.actions.update(w.actions)
+        result.findings.update(w.findings)
+        result.output = out
+        result.patient_pseudonym = pseudonym
+        result.status = OK
+    except DeidError as exc:
+        result.status = QUARANTINED
+        result.reason = str(exc)
+        result.output = None
+    return result
+
+
+def _needs_ocr(ds: Dataset, profile: DeidProfile) -> bool:
+    if "PixelData" not in ds or not profile.ocr.enabled:
+        return False
+    if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+        return True
+    return str(ds.get("Modality", "")).upper() in profile.ocr.modalities

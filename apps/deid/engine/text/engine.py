@@ -1,0 +1,201 @@
+"""Clinical-text de-identification: rules + the patient's own identifiers + typed masks."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ..keys import ProjectKey
+from ..profile import TextSettings
+from .lexicon import SINGLE_SURNAMES
+from .rules import PRIORITY, Hit, find_hits, resolve
+
+# Types reported in findings (a hit's internal type may be finer, e.g. PERSON_KNOWN).
+_PUBLIC_TYPE = {"PERSON_KNOWN": "PERSON"}
+
+_FAKE_SURNAMES = "王李张刘陈杨赵黄周吴"
+_FAKE_GIVEN = ["明", "华", "强", "芳", "敏", "静", "磊", "洋", "艳", "军", "杰", "娟"]
+_FAKE_EN_FIRST = ["Alex", "Sam", "Jordan", "Taylor", "Morgan", "Casey", "Riley", "Jamie"]
+_FAKE_EN_LAST = ["Lee", "Park", "Green", "Hill", "Stone", "Reed", "Fox", "Gray"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One de-identified span: its PHI type and position in the input (and in the output).
+
+    Never holds the original text.
+    """
+
+    type: str
+    start: int
+    end: int
+    out_start: int
+    out_end: int
+
+
+@dataclass
+class PatientContext:
+    """What the structured record says about the patient whose text this is.
+
+    ``names`` and ``identifiers`` are always removed wherever they appear (case-insensitive,
+    whitespace-insensitive); ``patient_key`` scopes consistent masks and the date shift.
+    """
+
+    patient_key: str = ""
+    names: tuple[str, ...] = ()
+    identifiers: tuple[str, ...] = ()
+    date_shift_days: int | None = None
+
+    @classmethod
+    def build(
+        cls,
+        key: ProjectKey | None,
+        *,
+        patient_id: str = "",
+        names: tuple[str, ...] | list[str] = (),
+        identifiers: tuple[str, ...] | list[str] = (),
+    ) -> PatientContext:
+        """Context whose date shift matches the DICOM shift for the same ``patient_id``."""
+        shift = key.date_shift_days(patient_id) if (key is not None and patient_id) else None
+        variants: set[str] = set()
+        for n in names:
+            variants.update(name_variants(n))
+        ids = {i.strip() for i in (*identifiers, patient_id) if i and len(i.strip()) >= 3}
+        return cls(patient_id, tuple(sorted(variants)), tuple(sorted(ids)), shift)
+
+
+def name_variants(name: str) -> set[str]:
+    """Spellings of one person name worth searching for: DICOM PN components and groups,
+    "Given Family", "Family Given", joined CJK forms."""
+    out: set[str] = set()
+    for group in str(name).split("="):  # alphabetic=ideographic=phonetic
+        comps = [c.strip() for c in group.split("^") if c.strip()]
+        if not comps:
+            continue
+        joined_cjk = "".join(comps)
+        if re.search(r"[\u4e00-\u9fff]", joined_cjk):
+            out.add(joined_cjk)
+            if len(joined_cjk) >= 2:
+                out.add(joined_cjk)
+        else:
+            out.add(" ".join(comps))
+            if len(comps) >= 2:
+                out.add(f"{comps[1]} {comps[0]}")
+                out.add(f"{comps[0]}, {comps[1]}")
+                out.add(f"{comps[0]}{comps[1]}")
+                out.add(f"{comps[1]}{comps[0]}")
+            for c in comps[:2]:
+                # A lone family or given name is searched only when distinctive enough.
+                if len(c) >= 4:
+                    out.add(c)
+        out.add(group.strip())
+    return {v for v in out if len(v) >= 2}
+
+
+@dataclass
+class TextResult:
+    """De-identified text and PHI-free findings."""
+
+    text: str
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Findings counted by PHI type."""
+        return dict(Counter(f.type for f in self.findings))
+
+
+class TextDeidentifier:
+    """Reusable de-identifier (compiled state + the key); thread-safe for reads."""
+
+    def __init__(self, key: ProjectKey | None = None, settings: TextSettings | None = None) -> None:
+        self.key = key
+        self.settings = settings or TextSettings()
+
+    # ---------------------------------------------------------------------------------
+    def _known_hits(self, text: str, ctx: PatientContext) -> list[Hit]:
+        hits: list[Hit] = []
+        for typ, values in (("PERSON_KNOWN", ctx.names), ("PATIENT_ID", ctx.identifiers)):
+            for v in values:
+                # Whitespace-insensitive and case-insensitive: "ZHANG  WEI", "zhang wei".
+                parts = [re.escape(p) for p in re.split(r"[\s^]+", v) if p]
+                if not parts:
+                    continue
+                pat = r"[\s^,]*".join(parts)
+                if re.fullmatch(r"[\w\-]+", v, re.ASCII):
+                    pat = rf"(?<![A-Za-z0-9]){pat}(?![A-Za-z0-9])"
+                for m in re.finditer(pat, text, re.IGNORECASE):
+                    key = v.lower()
+                    hits.append(Hit(typ, m.start(), m.end(), key, PRIORITY[typ]))
+        return hits
+
+    def _mask(self, typ: str, key: str, scope: str, counter: dict[tuple[str, str], str]) -> str:
+        public = _PUBLIC_TYPE.get(typ, typ)
+        ident = (public, key)
+        if ident in counter:
+            return counter[ident]
+        if self.key is not None:
+            tag = self.key.digest("textmask", f"{scope}\x00{public}\x00{key}").hex()[:6]
+        else:
+            # Without a project key masks are still consistent within one call.
+            tag = f"{len([k for k in counter if k[0] == public]) + 1:03d}"
+        if self.settings.style == "surrogate" and public == "PERSON":
+            h = hashlib.sha256(tag.encode()).digest()
+            if re.search(r"[\u4e00-\u9fff]", key) or key[:1] in SINGLE_SURNAMES:
+                value = _FAKE_SURNAMES[h[0] % len(_FAKE_SURNAMES)] + _FAKE_GIVEN[h[1] % 12]
+            else:
+                value = f"{_FAKE_EN_FIRST[h[0] % 8]} {_FAKE_EN_LAST[h[1] % 8]}"
+        else:
+            value = f"<{public}_{tag}>"
+        counter[ident] = value
+        return value
+
+    def deidentify(self, text: str, ctx: PatientContext | None = None) -> TextResult:
+        """Replace every detected identifier in ``text``; return the text and findings."""
+        ctx = ctx or PatientContext()
+        hits = find_hits(
+            text,
+            detect_names=self.settings.detect_names,
+            age_threshold=self.settings.age_threshold,
+        )
+        hits.extend(self._known_hits(text, ctx))
+        chosen = resolve(hits)
+        shift = ctx.date_shift_days if self.settings.shift_dates else None
+        out: list[str] = []
+        findings: list[Finding] = []
+        masks: dict[tuple[str, str], str] = {}
+        pos = 0
+        olen = 0
+        for h in chosen:
+            out.append(text[pos : h.start])
+            olen += h.start - pos
+            repl = h.replace(shift) if h.replace is not None else None
+            if repl is None:
+                repl = self._mask(h.type, h.key, ctx.patient_key, masks)
+            out.append(repl)
+            findings.append(
+                Finding(_PUBLIC_TYPE.get(h.type, h.type), h.start, h.end, olen, olen + len(repl))
+            )
+            olen += len(repl)
+            pos = h.end
+        out.append(text[pos:])
+        return TextResult("".join(out), findings)
+
+
+def deidentify_text(
+    text: str,
+    *,
+    key: ProjectKey | None = None,
+    context: PatientContext | None = None,
+    settings: TextSettings | None = None,
+) -> TextResult:
+    """Convenience wrapper: de-identify one text with a fresh :class:`TextDeidentifier`."""
+    return TextDeidentifier(key, settings).deidentify(text, context)
+
+
+def hmac_hex(key: bytes, value: str) -> str:  # pragma: no cover - helper for callers
+    """Keyed hex digest helper for callers that need a PHI-free id of a value."""
+    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
