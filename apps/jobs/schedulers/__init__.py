@@ -2,7 +2,8 @@
 
     from apps.jobs.schedulers import get_scheduler, JobSpec
     scheduler = get_scheduler("slurm", {"timeout": 20})
-    job_id = scheduler.submit(JobSpec(script="#!/bin/bash\\n...", name="run-1", workdir="/shared/runs/1"))
+    spec = JobSpec(script="#!/bin/bash\\n...", name="run-1", workdir="/shared/runs/1")
+    job_id = scheduler.submit(spec)
 
 `get_scheduler(name, options)` picks the implementation by name; the Django side passes its
 settings as the options dict. This package imports no Django.

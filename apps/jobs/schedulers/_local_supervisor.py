@@ -136,7 +136,7 @@ def run_once(jobdir: str, spec: dict[str, Any], job_id: str, restarts: int) -> t
     # Truncate on the first run, append after a requeue, as Slurm does.
     mode = "ab" if restarts else "wb"
     with open(spec["output_path"], mode) as out:
-        child = subprocess.Popen(  # noqa: S603 - the job's own script, no shell
+        child = subprocess.Popen(
             [os.path.join(jobdir, "script")],
             cwd=spec["workdir"],
             env=job_env(spec, job_id, restarts),

@@ -291,7 +291,7 @@ def partition_from_json(part: Mapping[str, Any], nodes: Iterable[NodeInfo]) -> P
         state = part["partition"].get("state")
     if isinstance(state, list):
         state = "+".join(str(s) for s in state)
-    max_time = part.get("maximum_time")
+    max_time = part.get("max_time_limit")  # v0.0.38: minutes, -1 when unlimited
     if max_time is None and isinstance(part.get("maximums"), Mapping):
         max_time = part["maximums"].get("time")
     default = "default" in [str(f).lower() for f in flags] or "DEFAULT" in str(
@@ -303,11 +303,13 @@ def partition_from_json(part: Mapping[str, Any], nodes: Iterable[NodeInfo]) -> P
         state=str(state or "up").lower(),
         nodes=tuple(n.name for n in nodes if name in n.partitions),
         default=default,
-        max_time=None if limit is None or limit >= 0xFFFFFFFE else limit,
+        max_time=None if limit is None or limit < 0 or limit >= 0xFFFFFFFE else limit,
     )
 
 
-def cluster(name: str, partitions: Iterable[PartitionInfo], nodes: Iterable[NodeInfo]) -> ClusterInfo:
+def cluster(
+    name: str, partitions: Iterable[PartitionInfo], nodes: Iterable[NodeInfo]
+) -> ClusterInfo:
     return ClusterInfo(cluster=name, partitions=tuple(partitions), nodes=tuple(nodes))
 
 
@@ -361,9 +363,7 @@ def _minutes(text: str) -> int | None:
     parts = [int(p) for p in text.split(":") if p.isdigit()]
     if len(parts) == 3:
         h, m, _s = parts
-    elif len(parts) == 2:
-        h, m = 0, parts[0]
-    elif len(parts) == 1:
+    elif len(parts) == 2 or len(parts) == 1:
         h, m = 0, parts[0]
     else:
         return None

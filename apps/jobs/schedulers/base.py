@@ -338,11 +338,9 @@ def normalize_state(raw: str | Sequence[str] | None) -> str:
     keeps being polled and the raw word stays visible instead of ending a run."""
     if raw is None:
         return PENDING
-    if isinstance(raw, str):
-        words = raw.replace("+", " ").split()
-    else:
-        words = [str(w) for w in raw]
-    words = [w.upper() for w in words]
+    # "CANCELLED by 0", "RUNNING+REQUEUED" or ["PENDING", "REQUEUED"]: base word first.
+    parts = raw.replace("+", " ").split() if isinstance(raw, str) else [str(w) for w in raw]
+    words = [w.upper() for w in parts]
     for flag in _OVERRIDING_FLAGS:
         if flag in words[1:]:
             return _RAW_STATES[flag]
@@ -407,7 +405,9 @@ def expand_output(pattern: str, job_id: str, name: str, user: str = "", node: st
 def read_tail(path: str, tail_bytes: int) -> str:
     """The last `tail_bytes` of a file, decoded as UTF-8 with replacement characters."""
     if not _is_int(tail_bytes) or tail_bytes < 0:
-        raise SchedulerError(f"tail_bytes must be a non-negative integer: {tail_bytes!r}", permanent=True)
+        raise SchedulerError(
+            f"tail_bytes must be a non-negative integer: {tail_bytes!r}", permanent=True
+        )
     try:
         with open(path, "rb") as fh:
             fh.seek(0, 2)
@@ -417,7 +417,9 @@ def read_tail(path: str, tail_bytes: int) -> str:
     except FileNotFoundError:
         return ""
     except OSError as exc:
-        raise SchedulerError(f"cannot read job output {path}: {exc.strerror}", permanent=False) from exc
+        raise SchedulerError(
+            f"cannot read job output {path}: {exc.strerror}", permanent=False
+        ) from exc
     return data.decode("utf-8", errors="replace")
 
 

@@ -82,9 +82,13 @@ class LocalScheduler:
             )
         warn = spec.signal_parts()
         if warn and not (warn[0].isdigit() or hasattr(signal, "SIG" + warn[0])):
-            raise SchedulerError(f"invalid job spec: signal: unknown signal {warn[0]}", permanent=True)
+            raise SchedulerError(
+                f"invalid job spec: signal: unknown signal {warn[0]}", permanent=True
+            )
         if not os.path.isdir(spec.workdir):
-            raise SchedulerError(f"invalid job spec: workdir: {spec.workdir} is not a directory", permanent=True)
+            raise SchedulerError(
+                f"invalid job spec: workdir: {spec.workdir} is not a directory", permanent=True
+            )
         job_id = self._next_id()
         jobdir = self._jobs / job_id
         jobdir.mkdir(mode=0o700)
@@ -121,7 +125,9 @@ class LocalScheduler:
         script = jobdir / "script"
         script.write_text(spec.script, encoding="utf-8")
         script.chmod(0o700)
-        _write_json(jobdir / "state.json", {"state": PENDING, "submit_time": time.time(), "restarts": 0})
+        _write_json(
+            jobdir / "state.json", {"state": PENDING, "submit_time": time.time(), "restarts": 0}
+        )
         self._spawn(jobdir)
         return job_id
 

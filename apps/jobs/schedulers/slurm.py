@@ -74,7 +74,9 @@ class SlurmCLI:
         if not job_id.isdigit():
             # sbatch said yes but printed no id: the job may exist, so not permanent (a
             # retry through submit_once finds it by its comment).
-            raise SchedulerError(f"sbatch printed no job id: {out.strip()[:200]!r}", permanent=False)
+            raise SchedulerError(
+                f"sbatch printed no job id: {out.strip()[:200]!r}", permanent=False
+            )
         return job_id
 
     def status(self, job_ids: Sequence[str]) -> dict[str, JobState]:
@@ -162,7 +164,9 @@ class SlurmCLI:
         try:
             data = json.loads(out)
         except ValueError as exc:
-            raise SchedulerError(f"{cmd} --json printed invalid JSON: {exc}", permanent=False) from exc
+            raise SchedulerError(
+                f"{cmd} --json printed invalid JSON: {exc}", permanent=False
+            ) from exc
         errors = data.get("errors") or []
         if errors:
             raise common.scheduler_error(cmd, "; ".join(_error_text(e) for e in errors))
@@ -177,7 +181,11 @@ class SlurmCLI:
         return "slurm"
 
     def _command(self, cmd: str) -> str:
-        path = os.path.join(self.bin_dir, cmd) if self.bin_dir else shutil.which(cmd, path=self._env["PATH"])
+        path = (
+            os.path.join(self.bin_dir, cmd)
+            if self.bin_dir
+            else shutil.which(cmd, path=self._env["PATH"])
+        )
         if not path or not os.access(path, os.X_OK):
             raise SchedulerError(
                 f"{cmd} not found (bin_dir={self.bin_dir!r}); is the Slurm client installed?",
@@ -206,7 +214,9 @@ class SlurmCLI:
                 stdin=None if stdin is not None else subprocess.DEVNULL,
             )
         except subprocess.TimeoutExpired as exc:
-            raise SchedulerError(f"{cmd} timed out after {self.timeout:g}s", permanent=False) from exc
+            raise SchedulerError(
+                f"{cmd} timed out after {self.timeout:g}s", permanent=False
+            ) from exc
         except OSError as exc:
             raise SchedulerError(f"cannot run {cmd}: {exc}", permanent=True) from exc
         if proc.returncode != 0:
