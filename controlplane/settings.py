@@ -7,6 +7,7 @@ and REDIS_URL. See docs/configuration.md for every variable.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dj_database_url
@@ -101,6 +102,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 30,
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
+    # A file, not memory, so a real Celery worker process in the tests sees the same data.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
+else:
+    # Per process, so concurrent test runs on one machine never share a test database.
+    DATABASES["default"]["TEST"] = {"NAME": f"test_medctl_{os.getpid()}"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- auth, MFA, lockout ---------------------------------------------------------------------
