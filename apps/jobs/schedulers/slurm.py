@@ -67,7 +67,9 @@ class SlurmCLI:
 
     def submit(self, spec: JobSpec) -> str:
         spec.validate()
-        env = {**spec.env, **self._env}
+        # The spec's variables win (a job may want its own PATH or locale); they cannot
+        # touch SBATCH_*/SLURM_*/LD_* (JobSpec.validate), so sbatch itself is unaffected.
+        env = {**self._env, **spec.env}
         out = self._run("sbatch", common.sbatch_args(spec), stdin=spec.script, env=env)
         # --parsable prints "id" or "id;cluster".
         job_id = out.strip().split(";")[0]

@@ -86,7 +86,7 @@ def restd(slurm_cluster: None) -> SlurmRestd:
     assert isinstance(scheduler, SlurmRestd)
     try:
         scheduler.version()
-    except Exception as exc:  # noqa: BLE001 - any failure means "not available"
+    except Exception as exc:
         _require("slurmrestd", False, f"it does not answer: {exc}")
     return scheduler
 

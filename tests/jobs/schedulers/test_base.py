@@ -386,7 +386,7 @@ def test_the_factory_refuses_unknown_options(tmp_path):
 def test_pyslurm_explains_why_it_cannot_run_here():
     try:
         import pyslurm  # noqa: F401
-    except Exception:  # noqa: BLE001
+    except Exception:
         with pytest.raises(SchedulerError, match="pyslurm") as err:
             get_scheduler("pyslurm")
         assert err.value.permanent

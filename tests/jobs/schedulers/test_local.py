@@ -15,7 +15,9 @@ from apps.jobs.schedulers.local import LocalScheduler
 
 
 def spec(workdir: str, body: str, **kw) -> JobSpec:
-    return JobSpec(script="#!/bin/bash\n" + body + "\n", name=kw.pop("name", "t"), workdir=workdir, **kw)
+    return JobSpec(
+        script="#!/bin/bash\n" + body + "\n", name=kw.pop("name", "t"), workdir=workdir, **kw
+    )
 
 
 def state_of(scheduler, job_id):
@@ -60,7 +62,12 @@ def test_it_keeps_hostile_values_inert(local, workdir, wait, tmp_path):
     marker = tmp_path / "pwned"
     hostile = f"$(touch {marker}); `touch {marker}`; rm -rf ~ 'q' \"q\""
     job = local.submit(
-        spec(workdir, 'printf "%s|%s" "$MSG" "$SLURM_JOB_NAME"', env={"MSG": hostile}, comment="a; $(id)")
+        spec(
+            workdir,
+            'printf "%s|%s" "$MSG" "$SLURM_JOB_NAME"',
+            env={"MSG": hostile},
+            comment="a; $(id)",
+        )
     )
     wait(lambda: state_of(local, job).is_terminal)
     assert local.logs(job) == f"{hostile}|t"
@@ -70,7 +77,12 @@ def test_it_keeps_hostile_values_inert(local, workdir, wait, tmp_path):
 
 @pytest.mark.parametrize(
     "changes",
-    [{"name": "; rm -rf ~"}, {"name": "$(id)"}, {"workdir": "/tmp/../etc"}, {"output": "/tmp/../x"}],
+    [
+        {"name": "; rm -rf ~"},
+        {"name": "$(id)"},
+        {"workdir": "/tmp/../etc"},
+        {"output": "/tmp/../x"},
+    ],
 )
 def test_it_rejects_hostile_specs_before_running_anything(local, workdir, changes):
     base = {"script": "#!/bin/bash\ntrue\n", "name": "t", "workdir": workdir} | changes
@@ -82,7 +94,9 @@ def test_it_rejects_hostile_specs_before_running_anything(local, workdir, change
 
 def test_it_cancels_with_sigterm_then_sigkill(local, workdir, wait):
     # The script ignores SIGTERM, as a stuck trainer might; SIGKILL must follow.
-    job = local.submit(spec(workdir, "trap 'echo got TERM' TERM\necho started\nwhile true; do sleep 0.1; done"))
+    job = local.submit(
+        spec(workdir, "trap 'echo got TERM' TERM\necho started\nwhile true; do sleep 0.1; done")
+    )
     wait(lambda: "started" in local.logs(job))
     t0 = time.monotonic()
     local.cancel(job)
