@@ -18,7 +18,8 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-NODE=${MEDCTL_SLURM_NODE:-$(hostname -s)}
+HOST=$(hostname -s)   # slurmctld only runs on the host SlurmctldHost names
+NODE=${MEDCTL_SLURM_NODE:-$HOST}
 CPUS=${MEDCTL_SLURM_CPUS:-$(nproc)}
 MEM=${MEDCTL_SLURM_MEM_MB:-$(awk '/MemTotal/{print int($2/1024*0.9)}' /proc/meminfo)}
 GPUS=${MEDCTL_SLURM_GPUS:-0}
@@ -36,6 +37,7 @@ die() { echo "up.sh: $*" >&2; exit 1; }
 command -v slurmctld >/dev/null || die "Slurm is not installed; run deploy/slurm/install.sh first"
 # These values land in slurm.conf and on command lines: accept only what they can be.
 [[ $NODE =~ ^[A-Za-z0-9][A-Za-z0-9-]{0,62}$ ]] || die "bad node name: $NODE"
+[[ $HOST =~ ^[A-Za-z0-9][A-Za-z0-9-]{0,62}$ ]] || die "bad host name: $HOST (set one with hostname)"
 [[ $API_USER =~ ^[a-z_][a-z0-9_-]{0,31}$ ]] || die "bad user name: $API_USER"
 for v in CPUS MEM GPUS PORT TTL; do [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a number: ${!v}"; done
 
@@ -76,7 +78,7 @@ if [ "$GPUS" -gt 0 ]; then
   # set) but see no device. Enough to try the control plane's GPU paths on a CPU box.
   GRES="Gres=gpu:$GPUS" GRESTYPES="GresTypes=gpu"
 fi
-conf=$(sed -e "s|@NODE@|$NODE|g" -e "s|@CPUS@|$CPUS|g" -e "s|@MEM@|$MEM|g" \
+conf=$(sed -e "s|@HOST@|$HOST|g" -e "s|@NODE@|$NODE|g" -e "s|@CPUS@|$CPUS|g" -e "s|@MEM@|$MEM|g" \
   -e "s|@GRES@|$GRES|g" -e "s|@GRESTYPES@|$GRESTYPES|g" -e "s|@JWT_KEY@|$JWT_KEY|g" \
   "$HERE/slurm.conf.in")
 gres_conf=""

@@ -148,7 +148,8 @@ def run_once(jobdir: str, spec: dict[str, Any], job_id: str, restarts: int) -> t
     with locked(jobdir):
         update_state(jobdir, child_pgid=child.pid)
     started = time.monotonic()
-    limit = spec["time_limit"] * 60 if spec.get("time_limit") else None
+    minute = float(spec.get("minute_s", 60))
+    limit = spec["time_limit"] * minute if spec.get("time_limit") else None
     warn = spec.get("signal")  # [name, seconds before the limit, batch shell only]
     warned = False
     kill_wait = float(spec.get("kill_wait", 5))

@@ -53,7 +53,8 @@ class LocalScheduler:
 
     Options: `state_dir` (where jobs are kept; default a per-user folder in the temp dir —
     give an explicit path in deployments so web and worker processes share it),
-    `kill_wait` (seconds between SIGTERM and SIGKILL, default 5), `cluster_name`."""
+    `kill_wait` (seconds between SIGTERM and SIGKILL, default 5), `cluster_name`,
+    `minute_s` (seconds in a time-limit minute: 60, or less so tests can reach a limit)."""
 
     name = "local"
 
@@ -63,7 +64,9 @@ class LocalScheduler:
         state_dir: str | None = None,
         kill_wait: float = 5.0,
         cluster_name: str = "local",
+        minute_s: float = 60.0,
     ) -> None:
+        self.minute_s = float(minute_s)
         default = Path(tempfile.gettempdir()) / f"medctl-local-scheduler-{os.getuid()}"
         self.state_dir = Path(state_dir or default).resolve()
         self.kill_wait = float(kill_wait)
@@ -120,6 +123,7 @@ class LocalScheduler:
             "host": host,
             "cluster": self.cluster_name,
             "kill_wait": self.kill_wait,
+            "minute_s": self.minute_s,
         }
         _write_json(jobdir / "spec.json", record)
         script = jobdir / "script"

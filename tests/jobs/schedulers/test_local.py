@@ -195,3 +195,21 @@ def test_the_default_state_dir_is_shared_per_user():
     a, b = LocalScheduler(), LocalScheduler()
     assert a.state_dir == b.state_dir
     assert Path(a.state_dir).is_dir()
+
+
+def test_it_warns_with_the_signal_then_times_out(tmp_path, workdir, wait):
+    # minute_s=3: a one-minute limit lasts 3 s; USR1@2 arrives about 1 s in.
+    fast = get_scheduler(
+        "local", {"state_dir": str(tmp_path / "fast"), "kill_wait": 1, "minute_s": 3}
+    )
+    job = fast.submit(
+        spec(
+            workdir,
+            "trap 'echo got USR1' USR1\nwhile true; do sleep 0.1; done",
+            time_limit=1,
+            signal="USR1@2",
+        )
+    )
+    state = wait(lambda: (s := state_of(fast, job)) and s.is_terminal and s, timeout=15)
+    assert (state.state, state.reason) == ("TIMEOUT", "TimeLimit")
+    assert "got USR1" in fast.logs(job)
