@@ -117,7 +117,7 @@ _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 # control plane's own processes (LD_*), or run code in the batch shell before the script
 # (BASH_ENV, exported functions): never accepted from a spec.
 _ENV_DENIED_RE = re.compile(
-    r"(?:SBATCH_|SLURM_|SALLOC_|SRUN_|SPANK_|LD_|BASH_FUNC_|MEDCTL_).*"
+    r"(?:SBATCH_|SLURM_|SALLOC_|SRUN_|SPANK_|LD_|BASH_FUNC_).*"
     r"|BASH_ENV|ENV|IFS|SHELLOPTS|BASHOPTS|PS4|PROMPT_COMMAND"
 )
 _SIGNAL_RE = re.compile(r"(?:B:)?(?:SIG)?[A-Z0-9]{1,8}(?:@[0-9]{1,6})?")
