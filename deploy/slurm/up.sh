@@ -132,17 +132,19 @@ esac
 id "$API_USER" >/dev/null 2>&1 || useradd -r -m -d "/var/lib/$API_USER" -s /usr/sbin/nologin "$API_USER"
 install -d -o "$API_USER" -g "$API_USER" -m 0755 "$RUN"
 if [ "$changed" -eq 1 ]; then stop_pidfile "$RUN/unix.pid"; stop_pidfile "$RUN/jwt.pid"; fi
-as_api() { setpriv --reuid="$API_USER" --regid="$API_USER" --init-groups "$@"; }
+# setpriv and env exec, so $! below is slurmrestd's own pid (a shell function here would
+# leave $! pointing at a subshell, and down.sh would stop the wrong process).
+AS_API=(setpriv --reuid="$API_USER" --regid="$API_USER" --init-groups)
 if ! alive "$RUN/unix.pid"; then
   rm -f "$RUN/rest.sock"
   # rest_auth/local works only on a unix socket; every request acts as $API_USER.
-  as_api slurmrestd -s "$PLUGINS" -a rest_auth/local "unix:$RUN/rest.sock" \
+  "${AS_API[@]}" slurmrestd -s "$PLUGINS" -a rest_auth/local "unix:$RUN/rest.sock" \
     >>/var/log/slurm/slurmrestd-unix.log 2>&1 </dev/null &
   echo $! > "$RUN/unix.pid"
 fi
 if ! alive "$RUN/jwt.pid"; then
   # SLURM_JWT=daemon: without it slurmrestd rejects every client token (HTTP 401).
-  as_api env SLURM_JWT=daemon slurmrestd -s "$PLUGINS" -a rest_auth/jwt "127.0.0.1:$PORT" \
+  "${AS_API[@]}" env SLURM_JWT=daemon slurmrestd -s "$PLUGINS" -a rest_auth/jwt "127.0.0.1:$PORT" \
     >>/var/log/slurm/slurmrestd-jwt.log 2>&1 </dev/null &
   echo $! > "$RUN/jwt.pid"
 fi
@@ -152,6 +154,12 @@ for _ in $(seq 1 80); do
   sleep 0.25
 done
 [ "$ok" -eq 1 ] || die "slurmrestd did not come up (see /var/log/slurm/slurmrestd-*.log)"
+# A slurmrestd that could not bind (port taken by a stray one) exits; do not let curl's
+# answer from the stray one hide that.
+sleep 0.3
+for f in unix jwt; do
+  alive "$RUN/$f.pid" || die "slurmrestd ($f) exited; see /var/log/slurm/slurmrestd-$f.log"
+done
 
 # --- token for clients (tests, a trial control plane) ------------------------------------
 token=$(scontrol token username="$API_USER" lifespan="$TTL")
