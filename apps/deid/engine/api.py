@@ -13,7 +13,7 @@ from .result import ERROR, OK, QUARANTINED, FileResult, sha256
 from .text.engine import PatientContext, TextDeidentifier
 from .vault import PseudonymVault
 
-KINDS = ("dicom", "text", "edf", "wfdb_header", "wfdb_signal", "unknown")
+KINDS = ("dicom", "text", "edf", "wfdb_header", "wfdb_signal", "wfdb_annotation", "unknown")
 
 
 def detect_kind(data: bytes, name: str = "") -> str:
@@ -22,17 +22,15 @@ def detect_kind(data: bytes, name: str = "") -> str:
         return "dicom"
     if _looks_like_headerless_dicom(data):
         return "dicom"
-    if len(data) >= 256 and data[:8] == b"0       " and data[184:236].strip(b" ").isascii():
-        try:
-            int(data[184:192].decode("ascii").strip())
-            return "edf"
-        except ValueError:
-            pass
     lower = name.lower()
+    if data[:8] == b"0       " or lower.endswith((".edf", ".bdf", ".rec")):
+        return "edf"
     if lower.endswith(".hea") or _looks_like_wfdb_header(data):
         return "wfdb_header"
-    if lower.endswith((".dat", ".atr", ".qrs", ".ann")):
+    if lower.endswith(".dat"):
         return "wfdb_signal"
+    if lower.endswith((".atr", ".qrs", ".ann", ".ecg", ".wabp")):
+        return "wfdb_annotation"
     if _decode_text(data) is not None:
         return "text"
     return "unknown"
@@ -138,6 +136,12 @@ class DeidEngine:
                 from .waveform import passthrough_wfdb_signal
 
                 res = passthrough_wfdb_signal(data, profile=self.profile)
+            elif kind == "wfdb_annotation":
+                from .waveform import deidentify_wfdb_annotations
+
+                res = FileResult(kind=kind, input_sha256=sha256(data))
+                res.output = deidentify_wfdb_annotations(data, key=self.key, context=context)
+                res.actions["wfdb_annotation_cleaned"] += 1
             else:
                 res = FileResult(
                     kind="unknown",
@@ -158,6 +162,16 @@ class DeidEngine:
             res.output = None
             res.extra_outputs = {}
         return res
+
+    def pseudonymize_path(self, rel_path: str, *, context: PatientContext | None = None) -> str:
+        """The output path for ``rel_path``: components that carry an identifier (long digit
+        runs, CJK text, the patient's known identifiers) become keyed pseudonyms, the rest and
+        the extensions stay, so companion files (``.hea``/``.dat``) keep matching names."""
+        from .waveform import pseudonymize_name
+
+        known = (*context.identifiers, *context.names) if context else ()
+        parts = Path(rel_path).parts
+        return str(Path(*[pseudonymize_name(p, self.key, known) for p in parts])) if parts else ""
 
     def process_path(
         self, path: str | Path, *, context: PatientContext | None = None

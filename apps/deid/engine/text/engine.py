@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -48,6 +49,9 @@ class PatientContext:
     names: tuple[str, ...] = ()
     identifiers: tuple[str, ...] = ()
     date_shift_days: int | None = None
+    # (type, value) pairs learned from cues elsewhere in the same record; removed everywhere
+    # and reported under their own type.
+    learned: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def build(
@@ -108,6 +112,29 @@ class TextResult:
         return dict(Counter(f.type for f in self.findings))
 
 
+def fold(text: str) -> str:
+    """Same-length ASCII folding for detection: full-width forms and non-ASCII decimal digits
+    become their ASCII equivalents (１３８ -> 138, ＩＤ -> ID), so rules see one alphabet while
+    positions still index the original text."""
+    out = []
+    for ch in text:
+        o = ord(ch)
+        if o < 128:
+            out.append(ch)
+        elif 0xFF01 <= o <= 0xFF5E:
+            out.append(chr(o - 0xFEE0))
+        elif ch == "\u3000":
+            out.append(" ")
+        elif ch.isdecimal():
+            out.append(str(unicodedata.decimal(ch, 0)))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+_LEARNED_ID_TYPES = {"MEDICAL_ID", "RESIDENT_ID", "PATIENT_ID", "PHONE", "EMAIL"}
+
+
 class TextDeidentifier:
     """Reusable de-identifier (compiled state + the key); thread-safe for reads."""
 
@@ -118,7 +145,14 @@ class TextDeidentifier:
     # ---------------------------------------------------------------------------------
     def _known_hits(self, text: str, ctx: PatientContext) -> list[Hit]:
         hits: list[Hit] = []
-        for typ, values in (("PERSON_KNOWN", ctx.names), ("PATIENT_ID", ctx.identifiers)):
+        groups: list[tuple[str, tuple[str, ...]]] = [
+            ("PERSON_KNOWN", ctx.names),
+            ("PATIENT_ID", ctx.identifiers),
+        ]
+        for typ, value in ctx.learned:
+            groups.append(("PERSON_KNOWN" if typ == "PERSON" else typ, (value,)))
+        for typ, values in groups:
+            prio = PRIORITY["PATIENT_ID"] if typ not in PRIORITY else max(PRIORITY[typ], 98)
             for v in values:
                 # Whitespace-insensitive and case-insensitive: "ZHANG  WEI", "zhang wei".
                 parts = [re.escape(p) for p in re.split(r"[\s^]+", v) if p]
@@ -129,7 +163,7 @@ class TextDeidentifier:
                     pat = rf"(?<![A-Za-z0-9]){pat}(?![A-Za-z0-9])"
                 for m in re.finditer(pat, text, re.IGNORECASE):
                     key = v.lower()
-                    hits.append(Hit(typ, m.start(), m.end(), key, PRIORITY[typ]))
+                    hits.append(Hit(typ, m.start(), m.end(), key, prio))
         return hits
 
     def _mask(self, typ: str, key: str, scope: str, counter: dict[tuple[str, str], str]) -> str:
@@ -153,15 +187,44 @@ class TextDeidentifier:
         counter[ident] = value
         return value
 
-    def deidentify(self, text: str, ctx: PatientContext | None = None) -> TextResult:
-        """Replace every detected identifier in ``text``; return the text and findings."""
+    def learn(self, text: str, ctx: PatientContext | None = None) -> PatientContext:
+        """``ctx`` plus the names and identifiers that context cues reveal in ``text``, so a
+        name introduced once ("患者张伟") is removed where it later appears without a cue."""
         ctx = ctx or PatientContext()
+        folded = fold(text)
         hits = find_hits(
-            text,
+            folded,
             detect_names=self.settings.detect_names,
             age_threshold=self.settings.age_threshold,
         )
-        hits.extend(self._known_hits(text, ctx))
+        learned = set(ctx.learned)
+        for h in resolve(hits):
+            value = folded[h.start : h.end].strip()
+            if len(value) < 2:
+                continue
+            if h.type == "PERSON":
+                for v in name_variants(value.replace(" ", "^")) | {value}:
+                    learned.add(("PERSON", v))
+            elif h.type in _LEARNED_ID_TYPES and len(value) >= 4:
+                learned.add((h.type, value))
+        return PatientContext(
+            ctx.patient_key,
+            ctx.names,
+            ctx.identifiers,
+            ctx.date_shift_days,
+            tuple(sorted(learned)),
+        )
+
+    def deidentify(self, text: str, ctx: PatientContext | None = None) -> TextResult:
+        """Replace every detected identifier in ``text``; return the text and findings."""
+        ctx = ctx or PatientContext()
+        folded = fold(text)
+        hits = find_hits(
+            folded,
+            detect_names=self.settings.detect_names,
+            age_threshold=self.settings.age_threshold,
+        )
+        hits.extend(self._known_hits(folded, ctx))
         chosen = resolve(hits)
         shift = ctx.date_shift_days if self.settings.shift_dates else None
         out: list[str] = []

@@ -27,6 +27,13 @@ from .lexicon import (
 
 CJK = "\u4e00-\u9fff"
 
+
+def _rx(pattern: str, flags: int = 0) -> re.Pattern[str]:
+    """Compile with ASCII semantics: ``\\b``, ``\\w`` and ``\\d`` must not treat CJK characters as
+    word characters, or "2000年" and "在Mar 5" would lose their word boundaries."""
+    return re.compile(pattern, flags | re.ASCII)
+
+
 PRIORITY = {
     "PATIENT_ID": 100,
     "PERSON_KNOWN": 99,
@@ -77,35 +84,34 @@ def is_valid_resident_id(value: str) -> bool:
     return bool(re.fullmatch(r"\d{17}[\dX]", v)) and resident_id_check_char(v[:17]) == v[17]
 
 
-_RE_RESIDENT_18 = re.compile(r"(?<!\d)\d{6}[ -]?\d{8}[ -]?\d{3}[\dXx](?![\dA-Za-z])")
-_RE_RESIDENT_15 = re.compile(
-    r"(?<!\d)\d{6}\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}(?!\d)"
-)
+_RE_RESIDENT_18 = _rx(r"(?<!\d)\d{6}[ -]?\d{8}[ -]?\d{3}[\dXx](?![\dA-Za-z])")
+_RE_DIGIT_RUN = _rx(r"\d{18,}[Xx]?|\d{19,}")
+_RE_RESIDENT_15 = _rx(r"(?<!\d)\d{6}\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}(?!\d)")
 
 # --------------------------------------------------------------------------------------
 _RE_PHONE = [
     # Mainland mobile, optional +86 / 0086, optional space or dash groups (138 1234 5678).
-    re.compile(r"(?<![\d+])(?:(?:\+|00)\s?86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}(?!\d)"),
+    _rx(r"(?<![\d+])(?:(?:\+|00)\s?86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}(?!\d)"),
     # Landline with area code: 010-12345678, (0755) 1234 5678, 0571 8888888 转 123.
-    re.compile(
+    _rx(
         r"(?<![\d+])(?:(?:\+|00)\s?86[ -]?)?(?:\(0\d{2,3}\)|（0\d{2,3}）|0\d{2,3})"
         r"[ -]?\d{3,4}[ -]?\d{4}"
         r"(?:\s?(?:转|ext\.?|x|分机)\s?\d{1,5})?(?!\d)"
     ),
     # International form without trunk zero: +86 10 1234 5678.
-    re.compile(r"(?:\+|00)\s?86[ -]?[1-9]\d{1,2}[ -]?\d{3,4}[ -]?\d{4}(?!\d)"),
+    _rx(r"(?:\+|00)\s?86[ -]?[1-9]\d{1,2}[ -]?\d{3,4}[ -]?\d{4}(?!\d)"),
     # North American: (415) 555-0123, 415-555-0123, +1 415 555 0123.
-    re.compile(r"(?<![\d\w])(?:\+?1[ .-]?)?(?:\(\d{3}\)\s?|\d{3}[ .-])\d{3}[ .-]\d{4}(?!\d)"),
+    _rx(r"(?<![\d\w])(?:\+?1[ .-]?)?(?:\(\d{3}\)\s?|\d{3}[ .-])\d{3}[ .-]\d{4}(?!\d)"),
 ]
-_RE_PHONE_CUE = re.compile(
+_RE_PHONE_CUE = _rx(
     r"(?:电话|手机|手机号|联系电话|联系方式|座机|传真|Tel|TEL|Phone|phone|Mobile|mobile|Cell|Fax|fax)"
     r"\s*(?:号码)?\s*[:：]?\s*(\+?[\d][\d\s()\-]{5,18}\d)"
 )
-_RE_EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
-_RE_URL = re.compile(r"(?:https?://|ftp://|www\.)[^\s<>\"'，。；）)\]]+", re.IGNORECASE)
+_RE_EMAIL = _rx(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
+_RE_URL = _rx(r"(?:https?://|ftp://|www\.)[^\s<>\"'，。；）)\]]+", re.IGNORECASE)
 _OCT = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
-_RE_IPV4 = re.compile(rf"(?<![\d.]){_OCT}(?:\.{_OCT}){{3}}(?!\.?\d)")
-_RE_IPV6 = re.compile(
+_RE_IPV4 = _rx(rf"(?<![\d.]){_OCT}(?:\.{_OCT}){{3}}(?!\.?\d)")
+_RE_IPV6 = _rx(
     r"(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}(?![0-9A-Fa-f:])"
     r"|(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{1,4}:){1,6}:(?:[0-9A-Fa-f]{1,4}:?){1,6}(?![0-9A-Fa-f:])"
 )
@@ -121,16 +127,14 @@ _MEDICAL_ID_CUES = (
     r"Specimen(?:\s+(?:Number|No\.?|ID))|Order(?:\s+(?:Number|No\.?))|Study\s+ID|Case(?:\s+(?:Number|No\.?))|"
     r"SSN|Social\s+Security(?:\s+Number)?|Insurance(?:\s+(?:Number|No\.?|ID))"
 )
-_RE_MEDICAL_ID = re.compile(
+_RE_MEDICAL_ID = _rx(
     rf"(?:{_MEDICAL_ID_CUES})\s*(?:[:：#=]|是|为)?\s*([A-Za-z]{{0,4}}[-_]?\d[\dA-Za-z\-_/]{{1,29}})"
 )
 _RE_BED = [
-    re.compile(
-        r"(?:床号|床位号?|Bed(?:\s+(?:No\.?|Number|#))?)\s*[:：#]?\s*([A-Za-z]?\d{1,4}[A-Za-z]?)"
-    ),
-    re.compile(r"(?<![\d.])(\d{1,3})\s*(?:号)?床(?!位|旁|边|头|上)"),
+    _rx(r"(?:床号|床位号?|Bed(?:\s+(?:No\.?|Number|#))?)\s*[:：#]?\s*([A-Za-z]?\d{1,4}[A-Za-z]?)"),
+    _rx(r"(?<![\d.])(\d{1,3})\s*(?:号)?床(?!位|旁|边|头|上)"),
 ]
-_RE_LONG_NUMBER = re.compile(r"(?<![\d.])\d{9,}(?![\d.]\d)")
+_RE_LONG_NUMBER = _rx(r"(?<!\d)\d{9,}(?!\d)")
 
 # --------------------------------------------------------------------------------------
 _MONTHS = {
@@ -213,13 +217,13 @@ def _date_hits(text: str) -> Iterator[Hit]:
 
         return mk(m, _safe_date(int(y), int(mo), int(d)), build)
 
-    pats.append((re.compile(rf"({_YEAR})\s*年\s*(\d{{1,2}})\s*月\s*(\d{{1,2}})\s*[日号]"), zh_full))
+    pats.append((_rx(rf"({_YEAR})\s*年\s*(\d{{1,2}})\s*月\s*(\d{{1,2}})\s*[日号]"), zh_full))
 
     def zh_ym(m: re.Match[str]) -> Hit | None:
         y, mo = m.group(1), m.group(2)
         return mk(m, _safe_date(int(y), int(mo), 15), lambda n: f"{n.year}年{_pad(n.month, mo)}月")
 
-    pats.append((re.compile(rf"({_YEAR})\s*年\s*(\d{{1,2}})\s*月(?!\s*\d{{1,2}}\s*[日号])"), zh_ym))
+    pats.append((_rx(rf"({_YEAR})\s*年\s*(\d{{1,2}})\s*月(?!\s*\d{{1,2}}\s*[日号])"), zh_ym))
 
     def zh_md(m: re.Match[str]) -> Hit | None:
         mo, d = m.group(1), m.group(2)
@@ -230,11 +234,12 @@ def _date_hits(text: str) -> Iterator[Hit]:
             lambda n: f"{_pad(n.month, mo)}月{_pad(n.day, d)}日",
         )
 
-    pats.append((re.compile(r"(?<![\d年])(\d{1,2})\s*月\s*(\d{1,2})\s*[日号]"), zh_md))
+    pats.append((_rx(r"(?<![\d年])(\d{1,2})\s*月\s*(\d{1,2})\s*[日号]"), zh_md))
 
     # 2024-03-05, 2024/3/5, 2024.03.05 (optionally followed by a time, which is kept).
     def iso(m: re.Match[str]) -> Hit | None:
-        y, sep, mo, d = m.group(1), m.group(2), m.group(3), m.group(4)
+        g = m.groups()
+        y, sep, mo, d = g[0:4] if g[0] else g[4:8]
         return mk(
             m,
             _safe_date(int(y), int(mo), int(d)),
@@ -243,8 +248,9 @@ def _date_hits(text: str) -> Iterator[Hit]:
 
     pats.append(
         (
-            re.compile(
-                rf"(?<![\d.])({_YEAR})([-/.])(0?[1-9]|1[0-2])\2(0?[1-9]|[12]\d|3[01])(?![\d])"
+            _rx(
+                rf"({_YEAR})([-/])(1[0-2]|0?[1-9])\2(0[1-9]|[12]\d|3[01]|[1-9](?!\d))"
+                rf"|(?<![\d.])({_YEAR})(\.)(1[0-2]|0?[1-9])\.(0[1-9]|[12]\d|3[01]|[1-9])(?![\d.]\d|\d)"
             ),
             iso,
         )
@@ -257,7 +263,7 @@ def _date_hits(text: str) -> Iterator[Hit]:
 
     pats.append(
         (
-            re.compile(rf"(?<![\d.])({_YEAR})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?![\d])"),
+            _rx(rf"(?<![\d.])({_YEAR})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?![\d])"),
             compact,
         )
     )
@@ -275,9 +281,7 @@ def _date_hits(text: str) -> Iterator[Hit]:
 
     pats.append(
         (
-            re.compile(
-                rf"(?<![\d.])(\d{{1,2}})([/.-])(\d{{1,2}})\2({_YEAR}|\d{{2}}(?=\b))(?![\d])"
-            ),
+            _rx(rf"(?<![\d.])(\d{{1,2}})([/.-])(\d{{1,2}})\2({_YEAR}|\d{{2}}(?=\b))(?![\d])"),
             numeric_dmy,
         )
     )
@@ -295,7 +299,7 @@ def _date_hits(text: str) -> Iterator[Hit]:
 
     pats.append(
         (
-            re.compile(rf"\b({_MON_RE})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?,?\s+({_YEAR})\b"),
+            _rx(rf"({_MON_RE})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?,?\s+({_YEAR})(?!\d)"),
             en_mdy,
         )
     )
@@ -314,7 +318,9 @@ def _date_hits(text: str) -> Iterator[Hit]:
 
     pats.append(
         (
-            re.compile(rf"\b(\d{{1,2}})(?:st|nd|rd|th)?[\s-]+({_MON_RE})\.?,?[\s-]+({_YEAR})\b"),
+            _rx(
+                rf"(?<![\d.])(\d{{1,2}})(?:st|nd|rd|th)?[\s-]+({_MON_RE})\.?,?[\s-]+({_YEAR})(?!\d)"
+            ),
             en_dmy,
         )
     )
@@ -325,7 +331,7 @@ def _date_hits(text: str) -> Iterator[Hit]:
         mo = _MONTHS[mon[:3].lower()]
         return mk(m, _safe_date(int(y), mo, 15), lambda n: f"{_month_like(n.month, mon)} {n.year}")
 
-    pats.append((re.compile(rf"\b({_MON_RE})\.?,?\s+({_YEAR})\b"), en_my))
+    pats.append((_rx(rf"({_MON_RE})\.?,?\s+({_YEAR})(?!\d)"), en_my))
 
     # Mar 5 (no year)
     def en_md(m: re.Match[str]) -> Hit | None:
@@ -335,8 +341,8 @@ def _date_hits(text: str) -> Iterator[Hit]:
 
     pats.append(
         (
-            re.compile(
-                rf"\b({_MON_RE})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?\b(?!\s*(?:mg|ml|mm|cm|%))"
+            _rx(
+                rf"(?<![a-z])({_MON_RE})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?\b(?!\s*(?:mg|ml|mm|cm|%))"
             ),
             en_md,
         )
@@ -352,11 +358,11 @@ def _date_hits(text: str) -> Iterator[Hit]:
 # --------------------------------------------------------------------------------------
 def _age_hits(text: str, threshold: int) -> Iterator[Hit]:
     rxs = [
-        re.compile(r"(?<![\d.])(\d{2,3})\s*(?:周岁|岁)"),
-        re.compile(r"(?:年龄|Age|age|AGE)\s*[:：]?\s*(\d{2,3})(?!\.?\d)"),
-        re.compile(r"\b(\d{2,3})[- ](?:years?|yrs?)[- ]old\b", re.IGNORECASE),
-        re.compile(r"\b(\d{2,3})\s*(?:y/o|yo|y\.o\.)", re.IGNORECASE),
-        re.compile(r"\b0?(\d{2,3})Y\b"),
+        _rx(r"(?<![\d.])(\d{2,3})\s*(?:周岁|岁)"),
+        _rx(r"(?:年龄|Age|age|AGE)\s*[:：]?\s*(\d{2,3})(?!\.?\d)"),
+        _rx(r"\b(\d{2,3})[- ](?:years?|yrs?)[- ]old\b", re.IGNORECASE),
+        _rx(r"\b(\d{2,3})\s*(?:y/o|yo|y\.o\.)", re.IGNORECASE),
+        _rx(r"\b0?(\d{2,3})Y\b"),
     ]
     for rx in rxs:
         for m in rx.finditer(text):
@@ -374,7 +380,7 @@ def _age_hits(text: str, threshold: int) -> Iterator[Hit]:
 
 # --------------------------------------------------------------------------------------
 _FUNCTION_PREFIX = "患者病人家住在于至到往去入收转诊治就来自经由送位现居及和与的为是址地"
-_ADDR_CUE = re.compile(
+_ADDR_CUE = _rx(
     r"(?:家庭住址|现住址|户籍地址|户籍地|通讯地址|联系地址|居住地|住址|地址|籍贯|出生地|工作单位|"
     r"Home address|Address|address|ADDRESS)\s*[:：]\s*([^\n，。；;]{2,80})"
 )
@@ -386,15 +392,15 @@ _ZH_ROAD = rf"[{CJK}\d]{{1,10}}?(?:大街|大道|路|街|巷|弄|胡同)"
 _ZH_NUM = r"(?:\d+(?:号院|号楼|号|弄)|[\d\-]+(?:栋|幢|座|楼|单元|层|室|号|户))+"
 _ZH_VILLAGE = rf"[{CJK}]{{1,8}}?(?:村|小区|社区|花园|公寓|新村|家园)"
 _RE_ADDR_ZH = [
-    re.compile(
+    _rx(
         rf"(?:{_ZH_PROV})?(?:{_ZH_CITY})(?:{_ZH_DIST})?(?:{_ZH_TOWN})?(?:{_ZH_VILLAGE})?(?:{_ZH_ROAD})?"
         rf"(?:{_ZH_NUM})?"
     ),
-    re.compile(rf"(?:{_ZH_PROV})(?:{_ZH_CITY})?(?:{_ZH_DIST})?(?:{_ZH_ROAD})?(?:{_ZH_NUM})?"),
-    re.compile(rf"(?:{_ZH_DIST})?(?:{_ZH_ROAD})(?:{_ZH_NUM})"),
-    re.compile(rf"(?:{_ZH_VILLAGE})(?:{_ZH_NUM})"),
+    _rx(rf"(?:{_ZH_PROV})(?:{_ZH_CITY})?(?:{_ZH_DIST})?(?:{_ZH_ROAD})?(?:{_ZH_NUM})?"),
+    _rx(rf"(?:{_ZH_DIST})?(?:{_ZH_ROAD})(?:{_ZH_NUM})"),
+    _rx(rf"(?:{_ZH_VILLAGE})(?:{_ZH_NUM})"),
 ]
-_RE_ADDR_EN = re.compile(
+_RE_ADDR_EN = _rx(
     r"\b\d{1,5}\s+(?:[A-Z][a-z]+\s){1,3}(?:Street|St|Road|Rd|Avenue|Ave|Boulevard|Blvd|Lane|Ln|"
     r"Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Highway|Hwy)\b\.?"
     r"(?:,?\s+(?:Apt|Suite|Unit)\.?\s*#?\w+)?(?:,\s*[A-Z][a-z]+(?:\s[A-Z][a-z]+)?)?"
@@ -448,18 +454,18 @@ def _address_hits(text: str) -> Iterator[Hit]:
 # --------------------------------------------------------------------------------------
 _GENERIC_ORGS = {"当地医院", "上级医院", "基层医院", "外院", "本院", "我院", "专科医院", "综合医院"}
 _ORG_ALT = "|".join(sorted(ORG_SUFFIXES_ZH, key=len, reverse=True))
-_RE_HOSPITAL_ZH = re.compile(rf"[{CJK}A-Za-z0-9（）()]{{2,16}}?(?:{_ORG_ALT})")
-_RE_HOSPITAL_EN = re.compile(
+_RE_HOSPITAL_ZH = _rx(rf"[{CJK}A-Za-z0-9（）()]{{2,16}}?(?:{_ORG_ALT})")
+_RE_HOSPITAL_EN = _rx(
     r"\b(?:[A-Z][a-z'.]+\s){1,5}(?:Hospital|Medical Center|Medical Centre|Clinic|Health Center|"
     r"Infirmary|Children's Hospital)\b|\b(?:Hospital|University) of (?:[A-Z][a-z]+\s?){1,4}"
 )
 _DEPT_ALT = "|".join(sorted(DEPARTMENT_STEMS, key=len, reverse=True))
-_RE_DEPT_ZH = re.compile(rf"(?:{_DEPT_ALT})科(?:[一二三四五六七八九十\d]+病区)?")
-_RE_DEPT_EN = re.compile(r"\bDepartment of (?:[A-Z][a-z]+(?:\s(?:and|&)\s)?\s?){1,4}")
+_RE_DEPT_ZH = _rx(rf"(?:{_DEPT_ALT})科(?:[一二三四五六七八九十\d]+病区)?")
+_RE_DEPT_EN = _rx(r"\bDepartment of (?:[A-Z][a-z]+(?:\s(?:and|&)\s)?\s?){1,4}")
 _RE_WARD = [
-    re.compile(r"[\d一二三四五六七八九十]{1,3}号?(?:病区|病房)"),
-    re.compile(rf"[{CJK}]{{1,4}}?(?:监护室|病区)"),
-    re.compile(r"\b[Ww]ard\s*\d+[A-Z]?\b|\b[A-Z][a-z]+ Ward\b"),
+    _rx(r"[\d一二三四五六七八九十]{1,3}号?(?:病区|病房)"),
+    _rx(rf"[{CJK}]{{1,4}}?(?:监护室|病区)"),
+    _rx(r"\b[Ww]ard\s*\d+[A-Z]?\b|\b[A-Z][a-z]+ Ward\b"),
 ]
 
 
@@ -492,22 +498,22 @@ _AMBIGUOUS_SURNAMES = set("于和向时明成安全应常单查解车路连关�
 _NOT_IN_GIVEN = set("科院室部区床号楼级期型性度次天月年日")
 _CUE_ALT = "|".join(sorted(ZH_NAME_CUES, key=len, reverse=True))
 _TITLE_ALT = "|".join(sorted(ZH_NAME_TITLES, key=len, reverse=True))
-_RE_ZH_CUE = re.compile(rf"(?:{_CUE_ALT})\s*([:：])?\s*({_SURNAME_RE})([{CJK}]{{1,2}})")
-_RE_ZH_TITLE = re.compile(rf"({_SURNAME_RE})([{CJK}]{{0,2}}?)(?:{_TITLE_ALT})")
-_RE_ZH_SEX_AGE = re.compile(
+_RE_ZH_CUE = _rx(rf"(?:{_CUE_ALT})\s*([:：])?\s*({_SURNAME_RE})([{CJK}]{{1,2}})")
+_RE_ZH_TITLE = _rx(rf"({_SURNAME_RE})([{CJK}]{{0,2}}?)(?:{_TITLE_ALT})")
+_RE_ZH_SEX_AGE = _rx(
     rf"({_SURNAME_RE}[{CJK}]{{1,2}})\s*[，,、]?\s*[男女]\s*[，,、]?\s*\d{{1,3}}\s*岁"
 )
 _EN_NAME = r"[A-Z][a-zA-Z'\-]+(?:\s+[A-Z]\.)?(?:\s+[A-Z][a-zA-Z'\-]+){0,2}"
-_RE_EN_TITLE = re.compile(rf"\b(?:{'|'.join(EN_TITLES)})\.?\s+({_EN_NAME})")
-_RE_EN_CUE = re.compile(
+_RE_EN_TITLE = _rx(rf"\b(?:{'|'.join(EN_TITLES)})\.?\s+({_EN_NAME})")
+_RE_EN_CUE = _rx(
     rf"\b(?:{'|'.join(sorted(EN_NAME_CUES, key=len, reverse=True))})\s*[:：]\s*"
     rf"([A-Z][a-zA-Z'\-]+(?:,?\s+[A-Z][a-zA-Z'\-]+){{0,2}})"
 )
 _SUFFIX_ALT = "|".join(re.escape(s) for s in EN_NAME_SUFFIXES)
-_RE_EN_SUFFIX = re.compile(
+_RE_EN_SUFFIX = _rx(
     rf"\b([A-Z][a-z]+(?:\s[A-Z]\.)?\s[A-Z][a-z'\-]+),?\s(?:{_SUFFIX_ALT})(?![A-Za-z])"
 )
-_RE_DICOM_PN = re.compile(r"\b[A-Za-z][A-Za-z'\-]*\^[A-Za-z][A-Za-z'\-^]*")
+_RE_DICOM_PN = _rx(r"\b[A-Za-z][A-Za-z'\-]*\^[A-Za-z][A-Za-z'\-^]*")
 # Words after a cue that are not names (Patient: Male ...).
 _EN_NOT_NAMES = {
     "Male",
@@ -584,6 +590,18 @@ def find_hits(text: str, *, detect_names: bool = True, age_threshold: int = 89) 
     for m in _RE_RESIDENT_18.finditer(text):
         key = re.sub(r"[ -]", "", m.group(0)).upper()
         hits.append(Hit("RESIDENT_ID", m.start(), m.end(), key, PRIORITY["RESIDENT_ID"]))
+    # An ID glued to other digits (OCR output, "I21.9" + ID) hides inside a longer run: any
+    # checksum-valid window with a plausible birth date counts.
+    for m in _RE_DIGIT_RUN.finditer(text):
+        run = m.group(0)
+        for i in range(len(run) - 17):
+            cand = run[i : i + 18].upper()
+            born = cand[6:14]
+            if is_valid_resident_id(cand) and _safe_date(
+                int(born[:4]), int(born[4:6]), int(born[6:])
+            ):
+                s = m.start() + i
+                hits.append(Hit("RESIDENT_ID", s, s + 18, cand, PRIORITY["RESIDENT_ID"]))
     for m in _RE_RESIDENT_15.finditer(text):
         hits.append(Hit("RESIDENT_ID", m.start(), m.end(), m.group(0), PRIORITY["RESIDENT_ID"] - 1))
     for rx in _RE_PHONE:

@@ -1,0 +1,333 @@
+"""Burned-in text in pixel data: find it with offline OCR, mask it, touch nothing else.
+
+Native (uncompressed) pixel data is edited through a view of the raw bytes, so every pixel
+outside a masked box stays bit-identical, including bits above BitsStored. Compressed pixel
+data is decoded only when a box must be masked; RLE Lossless is re-encoded as RLE, any other
+compressed syntax is written as Explicit VR Little Endian with the matching transfer syntax.
+Very large images are screened on a downsampled copy first and only suspicious regions are
+read again at full resolution (plus the top and bottom banner bands, where devices print
+demographics).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+
+from .errors import UnsupportedInputError
+from .profile import OcrSettings
+from .text.engine import PatientContext, TextDeidentifier
+
+
+@dataclass(frozen=True)
+class OcrBox:
+    """An axis-aligned text box in image coordinates (x1/y1 exclusive)."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    text: str
+    score: float
+
+
+class OcrEngine(Protocol):
+    """What the cleaner needs from an OCR engine."""
+
+    def detect(self, rgb: np.ndarray) -> list[OcrBox]:
+        """Text boxes in an ``(rows, cols, 3)`` uint8 RGB image."""
+        ...
+
+
+class RapidOcrEngine:
+    """RapidOCR 1.4.x (PP-OCRv4 det/rec models inside the wheel; never downloads)."""
+
+    def __init__(self) -> None:
+        self._engine: Any = None
+
+    def _load(self) -> Any:
+        if self._engine is None:
+            from rapidocr_onnxruntime import RapidOCR
+
+            self._engine = RapidOCR()
+        return self._engine
+
+    def detect(self, rgb: np.ndarray) -> list[OcrBox]:
+        """Run detection + recognition; returns boxes with their text and score."""
+        result, _ = self._load()(np.ascontiguousarray(rgb))
+        boxes: list[OcrBox] = []
+        for quad, text, score in result or []:
+            xs = [p[0] for p in quad]
+            ys = [p[1] for p in quad]
+            boxes.append(
+                OcrBox(
+                    int(np.floor(min(xs))),
+                    int(np.floor(min(ys))),
+                    int(np.ceil(max(xs))) + 1,
+                    int(np.ceil(max(ys))) + 1,
+                    str(text),
+                    float(score),
+                )
+            )
+        return boxes
+
+
+@dataclass
+class PixelReport:
+    """What happened to one file's pixels (boxes are coordinates only, no text)."""
+
+    changed: bool = False
+    boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
+    actions: Counter[str] = field(default_factory=Counter)
+    findings: Counter[str] = field(default_factory=Counter)
+
+
+def _to_uint8(img: np.ndarray, photometric: str) -> np.ndarray:
+    """A display-like 8-bit RGB rendering for OCR (robust window, MONOCHROME1 inverted)."""
+    a = img.astype(np.float32)
+    if a.ndim == 2:
+        lo, hi = np.percentile(a, [0.5, 99.8])
+        if hi <= lo:
+            hi = lo + 1
+        a = np.clip((a - lo) / (hi - lo) * 255.0, 0, 255)
+        if photometric == "MONOCHROME1":
+            a = 255 - a
+        g = a.astype(np.uint8)
+        return np.stack([g, g, g], axis=-1)
+    if a.max() > 255:
+        a = a / a.max() * 255.0
+    return a.astype(np.uint8)
+
+
+_SUSPICIOUS = re.compile(r"\d{4,}|[\u4e00-\u9fff]{2,}|[A-Za-z]{3,}")
+
+
+class PixelCleaner:
+    """Finds and masks burned-in text; one instance serves many files (the OCR model loads once)."""
+
+    def __init__(self, ocr: OcrEngine, settings: OcrSettings | None = None) -> None:
+        self.ocr = ocr
+        self.settings = settings or OcrSettings()
+        self.text = TextDeidentifier()
+
+    # -- decisions -----------------------------------------------------------------------
+    def needs_ocr(self, ds: Dataset) -> bool:
+        """OCR when the header says there is burned-in text, or the modality usually has it."""
+        if "PixelData" not in ds or not self.settings.enabled:
+            return False
+        if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+            return True
+        if str(ds.get("Modality", "")).upper() in self.settings.modalities:
+            return True
+        # Secondary-capture style screenshots: colour images without a modality-specific IOD.
+        return (
+            int(ds.get("SamplesPerPixel", 1)) == 3
+            and "ImageType" in ds
+            and any(str(v).upper() in ("SECONDARY", "SCREEN", "SCREENSHOT") for v in ds.ImageType)
+        )
+
+    def _keep_box(self, b: OcrBox, rows: int, cols: int, ctx: PatientContext | None) -> bool:
+        s = self.settings
+        if b.score < s.min_score or not b.text.strip():
+            return False
+        looks_phi = bool(self.text.deidentify(b.text, ctx).findings) or bool(
+            _SUSPICIOUS.search(b.text)
+        )
+        # Small images: a text line may exceed the fraction; 48 px is taller than banner text.
+        tall = (b.y1 - b.y0) > max(s.max_box_height_fraction * rows, 48)
+        ex, ey = s.edge_fraction * cols, s.edge_fraction * rows
+        central = b.x0 > ex and b.x1 < cols - ex and b.y0 > ey and b.y1 < rows - ey
+        if tall or central:
+            # Anatomy read as text (a rib as "8"): only keep it if the text itself is PHI-like.
+            return looks_phi and not tall
+        return True
+
+    # -- finding text ----------------------------------------------------------------------
+    def _ocr_region(self, rgb: np.ndarray, x0: int, y0: int) -> list[OcrBox]:
+        if rgb.shape[0] < 8 or rgb.shape[1] < 8:
+            return []
+        return [
+            OcrBox(b.x0 + x0, b.y0 + y0, b.x1 + x0, b.y1 + y0, b.text, b.score)
+            for b in self.ocr.detect(rgb)
+        ]
+
+    def find_boxes(
+        self, rgb: np.ndarray, ctx: PatientContext | None = None
+    ) -> tuple[list[OcrBox], Counter[str]]:
+        """Text boxes to mask in one RGB frame (screened first when the frame is large)."""
+        rows, cols = rgb.shape[:2]
+        actions: Counter[str] = Counter()
+        s = self.settings
+        if rows * cols <= s.screen_above_pixels:
+            actions["ocr_full"] += 1
+            found = self._ocr_region(rgb, 0, 0)
+        else:
+            actions["ocr_screened"] += 1
+            f = int(np.ceil(max(rows, cols) / s.screen_max_side))
+            small = rgb[: rows - rows % f, : cols - cols % f]
+            small = small.reshape(small.shape[0] // f, f, small.shape[1] // f, f, 3).mean(
+                axis=(1, 3)
+            )
+            found = []
+            regions: list[tuple[int, int, int, int]] = []
+            for b in self._ocr_region(small.astype(np.uint8), 0, 0):
+                m = 4 * f
+                regions.append(
+                    (
+                        max(0, b.x0 * f - m),
+                        max(0, b.y0 * f - m),
+                        min(cols, b.x1 * f + m),
+                        min(rows, b.y1 * f + m),
+                    )
+                )
+            band = max(16, int(rows * s.banner_fraction))
+            tile = max(s.screen_max_side, 256)
+            for y0 in (0, rows - band):
+                for x0 in range(0, cols, tile):
+                    regions.append((x0, y0, min(cols, x0 + tile), y0 + band))
+            for x0, y0, x1, y1 in regions:
+                actions["ocr_region"] += 1
+                found.extend(self._ocr_region(rgb[y0:y1, x0:x1], x0, y0))
+        keep = [b for b in found if self._keep_box(b, rows, cols, ctx)]
+        actions["ocr_boxes_dropped"] += len(found) - len(keep)
+        return keep, actions
+
+    # -- masking ---------------------------------------------------------------------------
+    def clean_dataset(self, ds: Dataset, *, context: PatientContext | None = None) -> PixelReport:
+        """Mask burned-in text in ``ds`` in place; report boxes and actions."""
+        rep = PixelReport()
+        if not self.needs_ocr(ds):
+            rep.actions["ocr_not_needed"] += 1
+            return rep
+        ts = (
+            ds.file_meta.TransferSyntaxUID
+            if "TransferSyntaxUID" in getattr(ds, "file_meta", {})
+            else None
+        )
+        compressed = bool(ts is not None and ts.is_compressed)
+        if int(ds.get("BitsAllocated", 8)) == 1:
+            raise UnsupportedInputError("1-bit pixel data", reason="pixels_unsupported")
+        try:
+            decoded = ds.pixel_array
+        except Exception as exc:
+            raise UnsupportedInputError(type(exc).__name__, reason="pixel_decode_failed") from None
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        spp = int(ds.get("SamplesPerPixel", 1))
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        dec = decoded.reshape((frames, rows, cols, spp) if spp > 1 else (frames, rows, cols))
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+        # Burned-in annotations are static across a cine loop: read a few frames, mask all.
+        sample = sorted({0, frames // 2, frames - 1} | set(range(0, frames, max(1, frames // 6))))
+        boxes: list[OcrBox] = []
+        for fi in sample[:8]:
+            rgb = _to_uint8(dec[fi], photometric)
+            if photometric.startswith("YBR") and not compressed:
+                from pydicom.pixels import convert_color_space
+
+                rgb = _to_uint8(convert_color_space(dec[fi], photometric, "RGB"), "RGB")
+            found, acts = self.find_boxes(rgb, context)
+            rep.actions.update(acts)
+            boxes.extend(found)
+        if not boxes:
+            rep.actions["ocr_clean"] += 1
+            return rep
+        pad = self.settings.pad_px
+        rects = sorted(
+            {
+                (
+                    max(0, b.x0 - pad),
+                    max(0, b.y0 - pad),
+                    min(cols, b.x1 + pad),
+                    min(rows, b.y1 + pad),
+                )
+                for b in boxes
+            }
+        )
+        for b in boxes:
+            for f in self.text.deidentify(b.text).findings:
+                rep.findings[f"PIXEL_{f.type}"] += 1
+        rep.findings["PIXEL_TEXT_BOX"] += len(rects)
+        if compressed:
+            self._mask_compressed(ds, dec, rects, photometric, spp, frames)
+        else:
+            self._mask_native(ds, rects, photometric, spp, frames, rows, cols)
+        rep.changed = True
+        rep.boxes = rects
+        rep.actions["pixel_boxes_masked"] += len(rects)
+        return rep
+
+    def _mask_native(
+        self,
+        ds: Dataset,
+        rects: list[tuple[int, int, int, int]],
+        photometric: str,
+        spp: int,
+        frames: int,
+        rows: int,
+        cols: int,
+    ) -> None:
+        bits = int(ds.BitsAllocated)
+        dtype = {8: np.uint8, 16: np.uint16, 32: np.uint32}.get(bits)
+        if dtype is None:
+            raise UnsupportedInputError(f"{bits}-bit pixels", reason="pixels_unsupported")
+        raw = bytearray(ds.PixelData)
+        n = frames * rows * cols * spp
+        arr = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"), count=n)
+        planar = spp > 1 and int(ds.get("PlanarConfiguration", 0)) == 1
+        if planar:
+            view = arr.reshape(frames, spp, rows, cols)
+        elif spp > 1:
+            view = arr.reshape(frames, rows, cols, spp)
+        else:
+            view = arr.reshape(frames, rows, cols)
+        if photometric.startswith("YBR") and spp == 3:
+            fill: Any = np.array([0, 128, 128], dtype=view.dtype)
+        elif photometric == "MONOCHROME1":
+            fill = (1 << int(ds.get("BitsStored", bits))) - 1
+        elif int(ds.get("PixelRepresentation", 0)) == 1:
+            fill = 0  # signed data: 0 is mid-grey-ish but never text-coloured at the extremes
+        else:
+            fill = 0
+        for x0, y0, x1, y1 in rects:
+            if planar:
+                for c in range(spp):
+                    view[:, c, y0:y1, x0:x1] = fill[c] if np.ndim(fill) else fill
+            else:
+                view[:, y0:y1, x0:x1] = fill
+        ds.PixelData = bytes(raw)
+
+    def _mask_compressed(
+        self,
+        ds: Dataset,
+        dec: np.ndarray,
+        rects: list[tuple[int, int, int, int]],
+        photometric: str,
+        spp: int,
+        frames: int,
+    ) -> None:
+        arr = np.array(dec, copy=True)
+        fill = 0 if spp == 1 else np.zeros(spp, dtype=arr.dtype)
+        if photometric == "MONOCHROME1":
+            fill = arr.max()
+        for x0, y0, x1, y1 in rects:
+            arr[:, y0:y1, x0:x1] = fill
+        out = arr if frames > 1 else arr[0]
+        ts = ds.file_meta.TransferSyntaxUID
+        if ts == RLELossless:
+            ds.compress(RLELossless, out)
+            return
+        # Other codecs: write native pixels with the matching transfer syntax. pydicom hands
+        # colour JPEG back as RGB, so the photometric interpretation follows.
+        if spp == 3:
+            ds.PhotometricInterpretation = "RGB"
+            ds.PlanarConfiguration = 0
+        ds.PixelData = np.ascontiguousarray(out).tobytes()
+        ds["PixelData"].VR = "OB" if int(ds.BitsAllocated) <= 8 else "OW"
+        ds["PixelData"].is_undefined_length = False
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
