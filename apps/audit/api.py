@@ -17,8 +17,20 @@ class AuditEventSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = AuditEvent
-        fields = ["seq", "timestamp", "user_id", "action", "resource", "pre_hash", "post_hash",
-                  "request_id", "client_ip", "details", "prev_digest", "digest"]
+        fields = [
+            "seq",
+            "timestamp",
+            "user_id",
+            "action",
+            "resource",
+            "pre_hash",
+            "post_hash",
+            "request_id",
+            "client_ip",
+            "details",
+            "prev_digest",
+            "digest",
+        ]
         read_only_fields = fields
 
 
@@ -36,8 +48,11 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
         qs = super().get_queryset()
         if self.action != "list":
             return qs
-        params = {k: v for k, v in self.request.query_params.items()
-                  if k in AuditEventFilterForm.base_fields}
+        params = {
+            k: v
+            for k, v in self.request.query_params.items()
+            if k in AuditEventFilterForm.base_fields
+        }
         form = AuditEventFilterForm(params)
         if not form.is_valid():
             raise ValidationError(form.errors.get_json_data())

@@ -25,20 +25,36 @@ _request_chars = RegexValidator(
 class AuditEventFilterForm(forms.Form):
     """GET filters. Every field is optional and validated; bad values become form errors."""
 
-    user_id = forms.IntegerField(label=_("User id"), required=False, min_value=0,
-                                 max_value=2**63 - 1)
-    action = forms.CharField(label=_("Action"), required=False, max_length=100,
-                             validators=[_action_chars],
-                             help_text=_("Exact action, or a prefix ending in '.'"))
-    resource = forms.CharField(label=_("Resource"), required=False, max_length=200,
-                               validators=[_resource_chars],
-                               help_text=_("Exact resource, or a prefix like accounts.user"))
-    request_id = forms.CharField(label=_("Request id"), required=False, max_length=64,
-                                 validators=[_request_chars])
-    since = forms.DateTimeField(label=_("From"), required=False,
-                                widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
-    until = forms.DateTimeField(label=_("Until"), required=False,
-                                widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
+    user_id = forms.IntegerField(
+        label=_("User id"), required=False, min_value=0, max_value=2**63 - 1
+    )
+    action = forms.CharField(
+        label=_("Action"),
+        required=False,
+        max_length=100,
+        validators=[_action_chars],
+        help_text=_("Exact action, or a prefix ending in '.'"),
+    )
+    resource = forms.CharField(
+        label=_("Resource"),
+        required=False,
+        max_length=200,
+        validators=[_resource_chars],
+        help_text=_("Exact resource, or a prefix like accounts.user"),
+    )
+    request_id = forms.CharField(
+        label=_("Request id"), required=False, max_length=64, validators=[_request_chars]
+    )
+    since = forms.DateTimeField(
+        label=_("From"),
+        required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+    )
+    until = forms.DateTimeField(
+        label=_("Until"),
+        required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+    )
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
@@ -53,12 +69,18 @@ class AuditEventFilterForm(forms.Form):
         if data.get("user_id") is not None:
             qs = qs.filter(user_id=data["user_id"])
         if action := data.get("action"):
-            qs = qs.filter(action__startswith=action) if action.endswith(".") else qs.filter(
-                action=action)
+            qs = (
+                qs.filter(action__startswith=action)
+                if action.endswith(".")
+                else qs.filter(action=action)
+            )
         if resource := data.get("resource"):
             # "accounts.user" names every user; "accounts.user:17" just one.
-            qs = qs.filter(resource=resource) if ":" in resource else qs.filter(
-                resource__startswith=f"{resource}:")
+            qs = (
+                qs.filter(resource=resource)
+                if ":" in resource
+                else qs.filter(resource__startswith=f"{resource}:")
+            )
         if request_id := data.get("request_id"):
             qs = qs.filter(request_id=request_id)
         if since := data.get("since"):

@@ -60,8 +60,18 @@ DIGEST_FORMAT = "medctl-audit-digest/1"
 
 # The columns verification needs, in message order.
 VERIFY_COLUMNS = (
-    "seq", "timestamp", "user_id", "action", "resource", "pre_hash", "post_hash",
-    "request_id", "client_ip", "details_json", "prev_digest", "digest",
+    "seq",
+    "timestamp",
+    "user_id",
+    "action",
+    "resource",
+    "pre_hash",
+    "post_hash",
+    "request_id",
+    "client_ip",
+    "details_json",
+    "prev_digest",
+    "digest",
 )
 
 
@@ -75,7 +85,11 @@ class AuditError(ValueError):
 def canonical_json(value: Any) -> str:
     """Sorted keys, no whitespace, ASCII only: one text per value, whatever the dict order."""
     return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False,
+        value,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+        allow_nan=False,
         cls=DjangoJSONEncoder,
     )
 
@@ -99,8 +113,17 @@ def timestamp_text(ts: datetime) -> str:
 
 
 def event_message(
-    seq: int, prev_digest: str, ts: datetime, user_id: int | None, action: str, resource: str,
-    pre_hash: str, post_hash: str, request_id: str, client_ip: str, details_json: str,
+    seq: int,
+    prev_digest: str,
+    ts: datetime,
+    user_id: int | None,
+    action: str,
+    resource: str,
+    pre_hash: str,
+    post_hash: str,
+    request_id: str,
+    client_ip: str,
+    details_json: str,
 ) -> bytes:
     """The exact bytes an event's digest is the SHA-256 of (see the module docstring)."""
     return (
@@ -148,8 +171,9 @@ def _check_scalar(key: str, value: Any) -> None:
         if _CONTROL_RE.search(value):
             raise AuditError(f"details[{key!r}] contains control characters")
         return
-    raise AuditError(f"details[{key!r}] must be a string, number, bool or None, not "
-                     f"{type(value).__name__}")
+    raise AuditError(
+        f"details[{key!r}] must be a string, number, bool or None, not {type(value).__name__}"
+    )
 
 
 def details_text(details: dict[str, Any] | None) -> str:
@@ -168,8 +192,9 @@ def details_text(details: dict[str, Any] | None) -> str:
             raise AuditError(f"details key {key!r} must match {DETAIL_KEY_RE.pattern}")
         if isinstance(value, list | tuple):
             if len(value) > MAX_DETAIL_ITEMS:
-                raise AuditError(f"details[{key!r}] has {len(value)} items (at most "
-                                 f"{MAX_DETAIL_ITEMS})")
+                raise AuditError(
+                    f"details[{key!r}] has {len(value)} items (at most {MAX_DETAIL_ITEMS})"
+                )
             for item in value:
                 _check_scalar(key, item)
         else:
@@ -233,8 +258,10 @@ def record(
             f"record({action!r}, ...) must run inside transaction.atomic() with the change it "
             "records"
         )
-    if not isinstance(action, str) or len(action) > MAX_ACTION_LEN or not ACTION_RE.fullmatch(
-        action
+    if (
+        not isinstance(action, str)
+        or len(action) > MAX_ACTION_LEN
+        or not ACTION_RE.fullmatch(action)
     ):
         raise AuditError(f"action {action!r} must match {ACTION_RE.pattern}")
     if not isinstance(resource, str) or not RESOURCE_RE.fullmatch(resource):
@@ -258,14 +285,31 @@ def record(
         # day's head" for the daily digest is well defined.
         ts = max(ts, head[2])
     fields = dict(
-        seq=seq, prev_digest=prev_digest, ts=ts, user_id=user_id, action=action,
-        resource=resource, pre_hash=pre_hash, post_hash=post_hash, request_id=request_id,
-        client_ip=client_ip, details_json=details_json,
+        seq=seq,
+        prev_digest=prev_digest,
+        ts=ts,
+        user_id=user_id,
+        action=action,
+        resource=resource,
+        pre_hash=pre_hash,
+        post_hash=post_hash,
+        request_id=request_id,
+        client_ip=client_ip,
+        details_json=details_json,
     )
     event = AuditEvent(
-        seq=seq, timestamp=ts, user_id=user_id, action=action, resource=resource,
-        pre_hash=pre_hash, post_hash=post_hash, request_id=request_id, client_ip=client_ip,
-        details_json=details_json, prev_digest=prev_digest, digest=compute_digest(**fields),
+        seq=seq,
+        timestamp=ts,
+        user_id=user_id,
+        action=action,
+        resource=resource,
+        pre_hash=pre_hash,
+        post_hash=post_hash,
+        request_id=request_id,
+        client_ip=client_ip,
+        details_json=details_json,
+        prev_digest=prev_digest,
+        digest=compute_digest(**fields),
     )
     event.save(force_insert=True, using=alias)
     return event
@@ -301,8 +345,10 @@ class VerifyResult:
 
     def summary(self) -> str:
         if self.ok:
-            return (f"OK: {self.events_checked} events, head #{self.head_seq} "
-                    f"{self.head_digest[:16]}, {self.digests_checked} daily digests match")
+            return (
+                f"OK: {self.events_checked} events, head #{self.head_seq} "
+                f"{self.head_digest[:16]}, {self.digests_checked} daily digests match"
+            )
         return f"BROKEN at #{self.broken_seq}: {self.reason}"
 
 
@@ -350,8 +396,9 @@ def verify_chain(
     for anchor in anchors or ():
         n_anchors += 1
         if not anchor.signature_ok:
-            failures.append((max(anchor.head_seq, 1),
-                             f"daily digest {anchor.name} has an invalid signature"))
+            failures.append(
+                (max(anchor.head_seq, 1), f"daily digest {anchor.name} has an invalid signature")
+            )
         by_seq.setdefault(anchor.head_seq, []).append(anchor)
     # A digest sealed an empty chain: nothing to compare.
     for anchor in by_seq.pop(0, []):
@@ -365,14 +412,18 @@ def verify_chain(
     sha256 = hashlib.sha256
     head = f"{MESSAGE_VERSION}{SEP}"
     # The hot loop: one f-string and one sha256 per event; timestamp_text inlined.
-    for (seq, ts, uid, action, resource, pre, post, rid, ip, details, prev_d,
-         digest) in qs.iterator(chunk_size=chunk_size):
+    for seq, ts, uid, action, resource, pre, post, rid, ip, details, prev_d, digest in qs.iterator(
+        chunk_size=chunk_size
+    ):
         if seq != expected:
             broken = (expected, f"event #{expected} is missing (the next event is #{seq})")
             break
         if prev_d != prev:
-            broken = (seq, f"event #{seq} does not link to event #{seq - 1} "
-                           "(prev_digest differs: deleted, inserted or reordered events)")
+            broken = (
+                seq,
+                f"event #{seq} does not link to event #{seq - 1} "
+                "(prev_digest differs: deleted, inserted or reordered events)",
+            )
             break
         if ts.utcoffset():
             ts = ts.astimezone(UTC)
@@ -387,8 +438,11 @@ def verify_chain(
         if seq in by_seq:
             for anchor in by_seq.pop(seq):
                 if anchor.head_digest != digest:
-                    broken = (seq, f"event #{seq} differs from the daily digest for "
-                                   f"{anchor.day} ({anchor.name})")
+                    broken = (
+                        seq,
+                        f"event #{seq} differs from the daily digest for "
+                        f"{anchor.day} ({anchor.name})",
+                    )
             if broken:
                 break
         prev, expected, checked = digest, seq + 1, checked + 1
@@ -398,15 +452,23 @@ def verify_chain(
         # Digests that name events past the end: the tail was cut off (or rewritten shorter).
         missing = min(by_seq)
         days = ", ".join(a.day for a in by_seq[missing])
-        broken = (expected, f"the chain ends at #{expected - 1} but the daily digest for {days} "
-                            f"seals event #{missing}")
+        broken = (
+            expected,
+            f"the chain ends at #{expected - 1} but the daily digest for {days} "
+            f"seals event #{missing}",
+        )
     if broken is not None:
         failures.append(broken)
     if progress:
         progress(checked, total)
     result = VerifyResult(
-        ok=not failures, events_checked=checked, head_seq=expected - 1, head_digest=prev,
-        digests_checked=n_anchors, seconds=time.perf_counter() - t0, started_at=started,
+        ok=not failures,
+        events_checked=checked,
+        head_seq=expected - 1,
+        head_digest=prev,
+        digests_checked=n_anchors,
+        seconds=time.perf_counter() - t0,
+        started_at=started,
     )
     if failures:
         result.broken_seq, result.reason = min(failures)
@@ -434,15 +496,28 @@ def check_chain(
     if save:
         with transaction.atomic():
             check = ChainCheck.objects.create(
-                started_at=result.started_at, finished_at=timezone.now(), ok=result.ok,
-                events_checked=result.events_checked, head_seq=result.head_seq,
-                head_digest=result.head_digest, digests_checked=result.digests_checked,
-                broken_seq=result.broken_seq, reason=result.reason[:300],
+                started_at=result.started_at,
+                finished_at=timezone.now(),
+                ok=result.ok,
+                events_checked=result.events_checked,
+                head_seq=result.head_seq,
+                head_digest=result.head_digest,
+                digests_checked=result.digests_checked,
+                broken_seq=result.broken_seq,
+                reason=result.reason[:300],
             )
-            record("audit.chain_verified", f"audit.chaincheck:{check.pk}", actor=actor,
-                   details={"ok": result.ok, "events": result.events_checked,
-                            "head_seq": result.head_seq, "broken_seq": result.broken_seq,
-                            "digests": result.digests_checked})
+            record(
+                "audit.chain_verified",
+                f"audit.chaincheck:{check.pk}",
+                actor=actor,
+                details={
+                    "ok": result.ok,
+                    "events": result.events_checked,
+                    "head_seq": result.head_seq,
+                    "broken_seq": result.broken_seq,
+                    "digests": result.digests_checked,
+                },
+            )
     return result
 
 
@@ -489,8 +564,9 @@ def digest_name(day: date) -> str:
     return f"{day.isoformat()}.json"
 
 
-def write_daily_digest(day: date | None = None, *, store: DigestStore | None = None,
-                       actor: User | int | None = None) -> DigestResult:
+def write_daily_digest(
+    day: date | None = None, *, store: DigestStore | None = None, actor: User | int | None = None
+) -> DigestResult:
     """Seal a day: sign the chain head as of the end of ``day`` (default: yesterday, site time)
     and write it once to the write-once store; the write is itself audited.
 
@@ -530,12 +606,21 @@ def write_daily_digest(day: date | None = None, *, store: DigestStore | None = N
         # Record first: if the store refuses, the event rolls back with everything else. A
         # crash between the store write and the commit leaves the file; the retry finds it
         # identical and records the missing event then.
-        already = AuditEvent.objects.filter(action="audit.digest_written",
-                                            resource=resource).exists()
+        already = AuditEvent.objects.filter(
+            action="audit.digest_written", resource=resource
+        ).exists()
         if not already:
-            record("audit.digest_written", resource, actor=actor,
-                   details={"head_seq": head_seq, "head_digest": head_digest,
-                            "store": store.kind, "name": name})
+            record(
+                "audit.digest_written",
+                resource,
+                actor=actor,
+                details={
+                    "head_seq": head_seq,
+                    "head_digest": head_digest,
+                    "store": store.kind,
+                    "name": name,
+                },
+            )
         created, location = store.put(name, data)
         if not created and already:
             logger.info("audit digest for %s already written (%s)", day, location)

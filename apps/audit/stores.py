@@ -107,8 +107,15 @@ class LocalDigestStore:
 class S3DigestStore:
     kind = "s3"
 
-    def __init__(self, bucket: str, *, prefix: str = "", client: Any = None,
-                 retention_days: int = 3650, endpoint_url: str | None = None) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "",
+        client: Any = None,
+        retention_days: int = 3650,
+        endpoint_url: str | None = None,
+    ) -> None:
         if not bucket:
             raise ImproperlyConfigured("AUDIT_DIGEST_STORE=s3 needs AUDIT_DIGEST_S3_BUCKET")
         if client is None:
@@ -142,8 +149,12 @@ class S3DigestStore:
         retain_until = timezone.now() + timedelta(days=self.retention_days)
         try:
             self.client.put_object(
-                Bucket=self.bucket, Key=key, Body=data, ContentType="application/json",
-                ObjectLockMode="COMPLIANCE", ObjectLockRetainUntilDate=retain_until,
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType="application/json",
+                ObjectLockMode="COMPLIANCE",
+                ObjectLockRetainUntilDate=retain_until,
                 # Closes the race between the check above and this write (S3 conditional
                 # writes); a store without them still has the check and the lock.
                 IfNoneMatch="*",
@@ -164,7 +175,7 @@ class S3DigestStore:
         for key in sorted(keys):
             if key.endswith(".json"):
                 body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-                yield key[len(self.prefix):], body
+                yield key[len(self.prefix) :], body
 
 
 def get_store() -> DigestStore:
@@ -174,7 +185,8 @@ def get_store() -> DigestStore:
         return LocalDigestStore(settings.AUDIT_DIGEST_DIR)
     if kind == "s3":
         return S3DigestStore(
-            settings.AUDIT_DIGEST_S3_BUCKET, prefix=settings.AUDIT_DIGEST_S3_PREFIX,
+            settings.AUDIT_DIGEST_S3_BUCKET,
+            prefix=settings.AUDIT_DIGEST_S3_PREFIX,
             retention_days=settings.AUDIT_DIGEST_RETENTION_DAYS,
             endpoint_url=settings.AUDIT_DIGEST_S3_ENDPOINT,
         )

@@ -19,10 +19,34 @@ from apps.core.htmx import render_page
 from apps.core.roles import AUDITOR, PRIVACY
 
 PAGE_SIZE = 50
-CSV_COLUMNS = ("seq", "timestamp", "user_id", "action", "resource", "pre_hash", "post_hash",
-               "request_id", "client_ip", "details_json", "prev_digest", "digest")
-CSV_HEADER = ("seq", "timestamp", "user_id", "action", "resource", "pre_hash", "post_hash",
-              "request_id", "client_ip", "details", "prev_digest", "digest")
+CSV_COLUMNS = (
+    "seq",
+    "timestamp",
+    "user_id",
+    "action",
+    "resource",
+    "pre_hash",
+    "post_hash",
+    "request_id",
+    "client_ip",
+    "details_json",
+    "prev_digest",
+    "digest",
+)
+CSV_HEADER = (
+    "seq",
+    "timestamp",
+    "user_id",
+    "action",
+    "resource",
+    "pre_hash",
+    "post_hash",
+    "request_id",
+    "client_ip",
+    "details",
+    "prev_digest",
+    "digest",
+)
 
 
 def _filtered(request: HttpRequest) -> tuple[AuditEventFilterForm, Any]:
@@ -49,8 +73,9 @@ def event_list(request: HttpRequest) -> HttpResponse:
         "check": last_check(),
         "head": AuditEvent.objects.order_by("-seq").values_list("seq", "timestamp").first(),
     }
-    response = render_page(request, "audit/event_list.html", "audit/partials/event_table.html",
-                           context)
+    response = render_page(
+        request, "audit/event_list.html", "audit/partials/event_table.html", context
+    )
     if form.errors:
         response.status_code = 400
     return response
@@ -87,7 +112,8 @@ def event_csv(request: HttpRequest) -> HttpResponse:
         errors = "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items())
         return HttpResponse(errors, status=400, content_type="text/plain; charset=utf-8")
     stamp = timezone.localtime().strftime("%Y%m%d-%H%M%S")
-    response = StreamingHttpResponse(_csv_rows(qs.order_by("seq")),
-                                     content_type="text/csv; charset=utf-8")
+    response = StreamingHttpResponse(
+        _csv_rows(qs.order_by("seq")), content_type="text/csv; charset=utf-8"
+    )
     response["Content-Disposition"] = f'attachment; filename="audit-events-{stamp}.csv"'
     return response

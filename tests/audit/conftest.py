@@ -38,8 +38,14 @@ def events(db):
     """``events(n, **overrides)`` appends n events (one transaction each) and returns them."""
     from apps.audit.services import record
 
-    def make(n: int = 1, *, action: str = "tests.touched", resource: str = "tests.thing:1",
-             actor=None, **kwargs):
+    def make(
+        n: int = 1,
+        *,
+        action: str = "tests.touched",
+        resource: str = "tests.thing:1",
+        actor=None,
+        **kwargs,
+    ):
         made = []
         for _ in range(n):
             with transaction.atomic():
@@ -51,13 +57,18 @@ def events(db):
 
 @pytest.fixture
 def clock(monkeypatch):
-    """``clock.set(datetime)`` fixes ``timezone.now()`` (site time zone when naive)."""
+    """``clock.set(2026, 3, 1, 9, 0)`` fixes ``timezone.now()`` at that site-local time."""
 
     class Clock:
-        def set(self, when: datetime) -> datetime:
-            if timezone.is_naive(when):
-                when = timezone.make_aware(when, timezone.get_default_timezone())
+        def set(self, *parts: int) -> datetime:
+            when = datetime(*parts, tzinfo=timezone.get_default_timezone())
             monkeypatch.setattr(timezone, "now", lambda: when)
             return when
 
     return Clock()
+
+
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings):
+    # The cast fixture hashes seven passwords per test; PBKDF2 costs seconds on this machine.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -26,8 +26,7 @@ def test_many_concurrent_writers_keep_one_gapless_chain(on_postgres):
             start.wait()
             for i in range(EVENTS_EACH):
                 with transaction.atomic():
-                    record("tests.concurrent", f"tests.writer:{n}", actor=n,
-                           details={"i": i})
+                    record("tests.concurrent", f"tests.writer:{n}", actor=n, details={"i": i})
         except BaseException as exc:  # surfaced below, with the thread's own traceback
             errors.append(exc)
         finally:
@@ -41,7 +40,8 @@ def test_many_concurrent_writers_keep_one_gapless_chain(on_postgres):
     assert not errors, errors
     total = WRITERS * EVENTS_EACH
     assert list(AuditEvent.objects.order_by("seq").values_list("seq", flat=True)) == list(
-        range(1, total + 1))
+        range(1, total + 1)
+    )
     # Every writer got all its events in, in its own order.
     for n in range(WRITERS):
         details = AuditEvent.objects.filter(resource=f"tests.writer:{n}").order_by("seq")

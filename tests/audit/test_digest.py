@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from datetime import date, datetime
+from datetime import date
 
 import pytest
 from botocore.exceptions import ClientError
@@ -26,11 +26,11 @@ DAY1, DAY2 = date(2026, 3, 1), date(2026, 3, 2)
 @pytest.fixture
 def two_days(events, clock):
     """Three events on 1 March, two on 2 March (site time), and the clock on 3 March."""
-    clock.set(datetime(2026, 3, 1, 9, 0))
+    clock.set(2026, 3, 1, 9, 0)
     first_day = events(3)
-    clock.set(datetime(2026, 3, 2, 23, 59, 59))
+    clock.set(2026, 3, 2, 23, 59, 59)
     second_day = events(2)
-    clock.set(datetime(2026, 3, 3, 0, 10))
+    clock.set(2026, 3, 3, 0, 10)
     return first_day, second_day
 
 
@@ -41,8 +41,7 @@ def _anchors():
 def test_it_seals_the_last_event_of_the_day_in_site_time(two_days, digest_dir):
     first_day, _ = two_days
     result = write_daily_digest(DAY1)
-    assert (result.head_seq, result.head_digest, result.created) == (3, first_day[-1].digest,
-                                                                     True)
+    assert (result.head_seq, result.head_digest, result.created) == (3, first_day[-1].digest, True)
     doc = json.loads((digest_dir / "2026-03-01.json").read_text())
     assert doc["day"] == "2026-03-01"
     assert (doc["head_seq"], doc["head_digest"]) == (3, first_day[-1].digest)
@@ -61,7 +60,7 @@ def test_it_refuses_to_seal_a_day_that_is_not_over(two_days):
 
 
 def test_it_seals_an_empty_chain_with_the_genesis_digest(db, clock):
-    clock.set(datetime(2026, 3, 3, 0, 10))
+    clock.set(2026, 3, 3, 0, 10)
     result = write_daily_digest(DAY1)
     assert result.head_seq == 0
     assert verify_chain(anchors=_anchors()).ok
@@ -146,10 +145,19 @@ def test_it_detects_a_rewritten_history_with_recomputed_digests(two_days):
         for row in rows[1:]:
             if row.seq == 2:
                 row.user_id = 666
-            fields = dict(seq=row.seq, prev_digest=prev, ts=row.timestamp, user_id=row.user_id,
-                          action=row.action, resource=row.resource, pre_hash=row.pre_hash,
-                          post_hash=row.post_hash, request_id=row.request_id,
-                          client_ip=row.client_ip, details_json=row.details_json)
+            fields = dict(
+                seq=row.seq,
+                prev_digest=prev,
+                ts=row.timestamp,
+                user_id=row.user_id,
+                action=row.action,
+                resource=row.resource,
+                pre_hash=row.pre_hash,
+                post_hash=row.post_hash,
+                request_id=row.request_id,
+                client_ip=row.client_ip,
+                details_json=row.details_json,
+            )
             row.prev_digest, row.digest = prev, services.compute_digest(**fields)
             row.save()
             prev = row.digest
@@ -191,8 +199,11 @@ def s3_bucket(monkeypatch):
     or in CI, so this proves the calls and their arguments, not a vendor's enforcement."""
     from moto import mock_aws
 
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(name, value)
     with mock_aws():
         import boto3
@@ -228,8 +239,7 @@ def test_the_s3_store_refuses_to_overwrite_a_key(s3_bucket, settings):
     assert list(store.items()) == [("2026-03-01.json", b"one")]
     version = s3_bucket.head_object(Bucket="medctl-audit", Key="d/2026-03-01.json")["VersionId"]
     with pytest.raises(ClientError, match="AccessDenied"):
-        s3_bucket.delete_object(Bucket="medctl-audit", Key="d/2026-03-01.json",
-                                VersionId=version)
+        s3_bucket.delete_object(Bucket="medctl-audit", Key="d/2026-03-01.json", VersionId=version)
 
 
 def test_an_unknown_store_is_a_configuration_error(settings):

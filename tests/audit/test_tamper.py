@@ -26,8 +26,11 @@ def test_the_database_refuses_an_update(events):
 
 def test_the_database_refuses_a_raw_update(events):
     events(1)
-    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), \
-            connection.cursor() as cursor:
+    with (
+        pytest.raises(DatabaseError, match="append-only"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
         cursor.execute(f"UPDATE {TABLE} SET user_id = 1")
 
 
@@ -40,16 +43,22 @@ def test_the_database_refuses_a_delete(events):
 
 def test_postgresql_refuses_a_truncate(on_postgres, events):
     events(2)
-    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), \
-            on_postgres.cursor() as cursor:
+    with (
+        pytest.raises(DatabaseError, match="append-only"),
+        transaction.atomic(),
+        on_postgres.cursor() as cursor,
+    ):
         cursor.execute(f"TRUNCATE {TABLE}")
     assert AuditEvent.objects.count() == 2
 
 
 def test_postgresql_refuses_a_truncate_cascade(on_postgres, events):
     events(1)
-    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), \
-            on_postgres.cursor() as cursor:
+    with (
+        pytest.raises(DatabaseError, match="append-only"),
+        transaction.atomic(),
+        on_postgres.cursor() as cursor,
+    ):
         cursor.execute(f"TRUNCATE {TABLE} CASCADE")
 
 
@@ -121,15 +130,28 @@ def test_it_detects_an_inserted_row(events):
     _tamper(f"UPDATE {TABLE} SET seq = -seq WHERE seq >= 3")
     _tamper(f"UPDATE {TABLE} SET seq = 1 - seq WHERE seq < 0")
     forged = dict(
-        seq=3, prev_digest=made[1].digest, ts=made[1].timestamp, user_id=1,
-        action="accounts.role_granted", resource="accounts.user:1", pre_hash="",
-        post_hash="", request_id="forged-request", client_ip="", details_json="{}",
+        seq=3,
+        prev_digest=made[1].digest,
+        ts=made[1].timestamp,
+        user_id=1,
+        action="accounts.role_granted",
+        resource="accounts.user:1",
+        pre_hash="",
+        post_hash="",
+        request_id="forged-request",
+        client_ip="",
+        details_json="{}",
     )
     with triggers_bypassed():
         AuditEvent.objects.create(
-            seq=3, timestamp=forged["ts"], user_id=1, action=forged["action"],
-            resource=forged["resource"], request_id=forged["request_id"],
-            prev_digest=forged["prev_digest"], digest=compute_digest(**forged),
+            seq=3,
+            timestamp=forged["ts"],
+            user_id=1,
+            action=forged["action"],
+            resource=forged["resource"],
+            request_id=forged["request_id"],
+            prev_digest=forged["prev_digest"],
+            digest=compute_digest(**forged),
         )
     result = verify_chain()
     assert not result.ok
@@ -176,7 +198,6 @@ def test_the_command_shows_progress_on_large_chains(events, capsys, monkeypatch)
 
     events(5)
     real = services.verify_chain
-    monkeypatch.setattr(services, "verify_chain",
-                        lambda **kw: real(**dict(kw, progress_every=2)))
+    monkeypatch.setattr(services, "verify_chain", lambda **kw: real(**dict(kw, progress_every=2)))
     call_command("audit_verify", "--no-save")
     assert "4/5 events" in capsys.readouterr().err

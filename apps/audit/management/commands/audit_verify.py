@@ -19,10 +19,16 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--no-digests", action="store_true",
-                            help="check the chain only, not the stored daily digests")
-        parser.add_argument("--no-save", action="store_true",
-                            help="do not record the result (e.g. on a read-only replica)")
+        parser.add_argument(
+            "--no-digests",
+            action="store_true",
+            help="check the chain only, not the stored daily digests",
+        )
+        parser.add_argument(
+            "--no-save",
+            action="store_true",
+            help="do not record the result (e.g. on a read-only replica)",
+        )
         parser.add_argument("--quiet", action="store_true", help="no progress output")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -37,7 +43,8 @@ class Command(BaseCommand):
 
         with bound_context():
             result = services.check_chain(
-                with_digests=not options["no_digests"], save=not options["no_save"],
+                with_digests=not options["no_digests"],
+                save=not options["no_save"],
                 progress=progress,
             )
         if show:
