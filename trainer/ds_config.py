@@ -80,6 +80,14 @@ def build_ds_config(cfg: TrainConfig, dims: ParallelDims, hidden_size: int = 0) 
         zero["offload_param"] = {"device": "cpu", "pin_memory": True}
     else:
         zero.pop("offload_param", None)
+    # DeepSpeed 0.19 rejects any "elasticity" block (the feature was removed), even the
+    # seed's {"enabled": false}; dropping a disabled block changes nothing.
+    if not ds.get("elasticity", {}).get("enabled", False):
+        ds.pop("elasticity", None)
+    if p.zero_stage >= 1 and zero.get("reduce_scatter", True) and ds.get("prescale_gradients"):
+        # DeepSpeed 0.19 asserts that ZeRO with reduce_scatter post-scales gradients; the
+        # seed's "prescale_gradients": true cannot start. Averaging happens either way.
+        ds["prescale_gradients"] = False
     if p.zero_stage == 0:
         ds.pop("zero_optimization")
     ds["steps_per_print"] = 1 << 30  # the trainer's logger reports progress, not DeepSpeed's

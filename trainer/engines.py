@@ -223,7 +223,9 @@ class TorchEngine(Engine):
         # on GPUs waiting would serialise NCCL with compute, so it is not installed there.
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-        def hook(state: Any, bucket: Any) -> Any:
+        # Unannotated on purpose: DDP checks hook annotations against dist.GradBucket, and
+        # postponed (string) annotations would fail that check.
+        def hook(state, bucket):  # type: ignore[no-untyped-def]
             t0 = time.perf_counter()
             fut = allreduce_hook(state, bucket)
             fut.wait()

@@ -51,7 +51,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def sub_env() -> dict[str, str]:
     """Environment for trainer subprocesses: one thread each on this 2-core machine."""
     env = dict(os.environ)
@@ -59,13 +59,13 @@ def sub_env() -> dict[str, str]:
     return env
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def python() -> Path:
     """The project's virtualenv interpreter."""
     return PYTHON
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def repo() -> Path:
     """Repository root (subprocess working directory)."""
     return REPO
