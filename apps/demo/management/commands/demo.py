@@ -1,4 +1,8 @@
-"""`manage.py demo`: demo users for every role (TOTP pre-enrolled), then the demo job.
+"""`manage.py demo`: demo users for every role (TOTP pre-enrolled), then the main job.
+
+The main job runs through the real Celery worker: today it verifies the audit chain and
+seals yesterday's digest; each capability that lands extends it (synthetic data through
+de-identification, review, release and training).
 
 The passwords and TOTP secrets are generated once into var/demo-logins.json and printed
 each run, so a trial keeps working across restarts. Never run this on a real site.
@@ -9,6 +13,8 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import string
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +27,11 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from apps.accounts import services
 from apps.core.context import bound_context
 from apps.core.roles import ALL_ROLES, ROLE_LABELS
+
+
+def _password() -> str:
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(14))
 
 
 class Command(BaseCommand):
@@ -53,6 +64,7 @@ class Command(BaseCommand):
                 entry["totp_secret"] = base64.b32encode(device.bin_key).decode().rstrip("=")
             store.write_text(json.dumps(logins, indent=2))
             store.chmod(0o600)
+        self.run_main_job()
         self.stdout.write(f"\nMedCtl demo is up: {url}/  (request {ctx.request_id})\n")
         self.stdout.write(f"{'role':<22} {'username':<26} {'password':<14} TOTP secret\n")
         for role in sorted(ALL_ROLES):
@@ -65,3 +77,23 @@ class Command(BaseCommand):
             "Add a TOTP secret to any authenticator app (or `oathtool --totp -b "
             "SECRET`) for the roles that require it.\n"
         )
+
+    def run_main_job(self) -> None:
+        """Verify the audit chain through the worker and wait for its result row."""
+        from apps.audit.models import ChainCheck
+        from apps.audit.tasks import verify_chain
+
+        before = ChainCheck.objects.count()
+        verify_chain.delay()
+        self.stdout.write("main job: verifying the audit chain on the worker ", ending="")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            check = ChainCheck.objects.order_by("-pk").first()
+            if ChainCheck.objects.count() > before and check is not None:
+                verdict = "intact" if check.ok else f"BROKEN at seq {check.broken_seq}"
+                self.stdout.write(f" done: {check.events_checked} events, chain {verdict}")
+                return
+            self.stdout.write(".", ending="")
+            self.stdout.flush()
+            time.sleep(1)
+        raise CommandError("the worker did not answer in 120 s; see var/log/worker.log")
