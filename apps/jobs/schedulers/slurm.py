@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,7 @@ from .base import (
 # Passed through from the control plane's environment: needed to find and run the tools,
 # and SLURM_CONF to find the cluster. Nothing else (least of all secrets) is inherited.
 _INHERITED = ("PATH", "HOME", "LANG", "TZ", "SLURM_CONF")
+_USER_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 _UNSUPPORTED_JSON = ("unrecognized option", "invalid option", "unknown option", "data_parser")
 
 
@@ -134,6 +136,21 @@ class SlurmCLI:
     def find_by_comment(self, token: str) -> list[JobState]:
         check_token(token)
         return [s for s in self._all_jobs() if token in s.comment]
+
+    # --- beyond the interface ----------------------------------------------------------
+
+    def mint_token(self, user_name: str, lifespan_s: int = 900) -> str:
+        """A JWT for `user_name` (`scontrol token`), for slurmrestd to submit as that user.
+        Only root or SlurmUser may mint tokens for others; keep lifespans short."""
+        if not isinstance(user_name, str) or not _USER_RE.fullmatch(user_name):
+            raise SchedulerError(f"invalid cluster user name {user_name!r}", permanent=True)
+        if not isinstance(lifespan_s, int) or not 1 <= lifespan_s <= 7 * 86400:
+            raise SchedulerError(f"invalid token lifespan {lifespan_s!r}", permanent=True)
+        out = self._run("scontrol", ["token", f"username={user_name}", f"lifespan={lifespan_s}"])
+        token = out.strip().removeprefix("SLURM_JWT=")
+        if not token or "=" in token or " " in token:
+            raise SchedulerError("scontrol token printed no token", permanent=False)
+        return token
 
     # --- helpers -------------------------------------------------------------------------
 

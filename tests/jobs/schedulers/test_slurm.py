@@ -205,6 +205,25 @@ def test_restd_jobs_run_as_the_tokens_user(restd, shared_dir, wait):
     assert restd.logs(job).strip() == restd.user_name
 
 
+def test_restd_submits_as_the_operators_own_user(restd, slurm, shared_dir, wait):
+    # A short-lived token per operator: the job belongs to that user, not to a service account.
+    if os.geteuid() != 0:
+        pytest.skip("only root or SlurmUser may mint tokens for another user")
+    as_nobody = get_scheduler(
+        "slurmrestd",
+        {"url": restd.url, "user_name": "nobody", "token": slurm.mint_token("nobody", 300)},
+    )
+    job = as_nobody.submit(spec(shared_dir, "id -un"))
+    wait(lambda: (s := state_of(as_nobody, job)) and s.is_terminal, timeout=60)
+    assert as_nobody.logs(job).strip() == "nobody"
+
+
+def test_tokens_are_minted_only_for_plain_user_names(slurm):
+    for bad in ("root;id", "$(id)", "a b", "", "-x"):
+        with pytest.raises(SchedulerError, match="user name"):
+            slurm.mint_token(bad)
+
+
 def test_restd_discovers_the_api_version(restd):
     fresh = get_scheduler("slurmrestd", {"url": restd.url, "token_file": restd.token_file})
     assert fresh.version() in ("v0.0.38", "v0.0.39", "v0.0.40", "v0.0.41", "v0.0.42")
