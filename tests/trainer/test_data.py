@@ -1,0 +1,235 @@
+"""The shard format, tokenizer, sampler, cache and batches."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+import time
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from trainer.config import load_config
+from trainer.data.batching import IGNORE_INDEX, BatchLoader, Collator, normalise_image
+from trainer.data.cache import ShardCache
+from trainer.data.sampler import ResumableSampler
+from trainer.data.shards import Sample, ShardFormatError, ShardReader, ShardWriter
+from trainer.data.tokenizer import (
+    BOS_ID,
+    EOS_ID,
+    IMAGE_PATCH_ID,
+    WAVE_PATCH_ID,
+    Tokenizer,
+)
+
+
+def sample(i: int, **kw) -> Sample:
+    return Sample(key=f"k{i:04d}", text=f"note {i}", **kw)
+
+
+def test_index_offsets_point_at_each_members_bytes(dataset) -> None:
+    index = json.loads((dataset / "index" / "shard-000001.json").read_text())
+    raw = (dataset / "shard-000001.tar").read_bytes()
+    with tarfile.open(dataset / "shard-000001.tar") as tar:
+        for key, members in index["samples"].items():
+            for ext, (offset, length) in members.items():
+                assert raw[offset : offset + length] == tar.extractfile(f"{key}.{ext}").read()
+
+
+def test_manifest_has_sha256_per_shard_and_counts_per_modality(dataset) -> None:
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    assert manifest["format_version"] == 1
+    assert manifest["samples"] == 64 and len(manifest["shards"]) == 4
+    for shard in manifest["shards"]:
+        assert hashlib.sha256((dataset / shard["name"]).read_bytes()).hexdigest() == shard["sha256"]
+    # synthetic: text always, image for 3 in 4, waveform for 2 in 3
+    assert manifest["modalities"] == {"text": 64, "image": 48, "waveform": 43}
+
+
+def test_webdataset_reads_the_shards_as_they_are(dataset) -> None:
+    reader = ShardReader(dataset)
+    urls = [str(dataset / name) for name in reader.shard_names]
+    pipeline = wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode()
+    keys, texts = [], []
+    for item in pipeline:
+        keys.append(item["__key__"])
+        texts.append(item["txt"])
+        if "img.npy" in item:
+            assert item["img.npy"].dtype == np.int16
+    assert keys == reader.keys
+    assert texts == [reader[i].text for i in range(len(reader))]
+
+
+def test_reader_round_trips_every_member(tmp_path) -> None:
+    img = np.arange(2 * 4 * 4, dtype=np.int16).reshape(2, 4, 4)
+    colour = np.zeros((1, 4, 4, 3), dtype=np.uint8)
+    wav = np.ones((3, 10), dtype=np.float32)
+    with ShardWriter(tmp_path, samples_per_shard=2) as w:
+        w.write(sample(0, images=[img, colour], wave=wav, meta={"patient": "P1"}))
+        w.write(sample(1))
+        w.write(Sample(key="k0002", text="中文报告 CT 胸部"))
+    reader = ShardReader(tmp_path, verify=True)
+    got = reader[0]
+    assert got.meta["patient"] == "P1" and got.meta["modalities"] == ["text", "image", "waveform"]
+    assert np.array_equal(got.images[0], img) and np.array_equal(got.images[1], colour)
+    assert np.array_equal(got.wave, wav)
+    assert reader[1].images == [] and reader[1].wave is None
+    assert reader[2].text == "中文报告 CT 胸部"
+    assert len(reader.shard_names) == 2
+
+
+def test_writer_refuses_bad_keys_and_dtypes(tmp_path) -> None:
+    with ShardWriter(tmp_path) as w:
+        with pytest.raises(ShardFormatError, match=r"key 'a\.b'"):
+            w.write(Sample(key="a.b", text="x"))
+        with pytest.raises(ShardFormatError, match="image must be int16"):
+            w.write(Sample(key="k", images=[np.zeros((1, 2, 2), dtype=np.float32)]))
+        w.write(Sample(key="k", text="x"))
+        with pytest.raises(ShardFormatError, match="written twice"):
+            w.write(Sample(key="k", text="y"))
+
+
+def test_reader_refuses_a_newer_format_version(tmp_path) -> None:
+    with ShardWriter(tmp_path) as w:
+        w.write(sample(0))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["format_version"] = 2
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ShardFormatError, match="format_version 2 is not readable"):
+        ShardReader(tmp_path)
+
+
+def test_verify_catches_a_corrupted_shard(tmp_path) -> None:
+    with ShardWriter(tmp_path) as w:
+        w.write(sample(0))
+    path = tmp_path / "shard-000000.tar"
+    data = bytearray(path.read_bytes())
+    data[600] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(ShardFormatError, match="sha256"):
+        ShardReader(tmp_path, verify=True)
+
+
+def test_tokenizer_round_trips_english_and_chinese(tmp_path) -> None:
+    tok = Tokenizer.train(["the lesion in the left lobe", "胸部CT 未见异常"] * 5, 300)
+    for text in ("the left lesion", "胸部CT 未见异常, HU 40", "emoji 🙂 ok"):
+        assert tok.decode(tok.encode(text)) == text
+    tok.save(tmp_path / "t.json")
+    again = Tokenizer.load(tmp_path / "t.json")
+    assert again.encode("the lesion") == tok.encode("the lesion")
+    assert len(tok.encode("the lesion")) < len(b"the lesion")  # merges learned
+    assert tok.vocab_size == 300
+
+
+def test_tokenizer_training_is_deterministic() -> None:
+    texts = ["aa bb aa bb cc", "bb cc dd"] * 3
+    assert Tokenizer.train(texts, 280).merges == Tokenizer.train(texts, 280).merges
+
+
+def test_sampler_splits_each_global_batch_across_ranks() -> None:
+    one = ResumableSampler(range(20), micro_batch=4, seed=3)
+    ranks = [ResumableSampler(range(20), micro_batch=2, rank=r, world=2, seed=3) for r in (0, 1)]
+    for _ in range(12):  # crosses two epoch boundaries
+        assert one.next() == ranks[0].next() + ranks[1].next()
+
+
+def test_sampler_resumes_at_the_exact_next_sample() -> None:
+    a = ResumableSampler(range(10, 30), micro_batch=3, seed=7)
+    seen = [a.next() for _ in range(5)]
+    b = ResumableSampler(range(10, 30), micro_batch=3, seed=7)
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    assert [b.next() for _ in range(4)] == [a.next() for _ in range(4)]
+    assert seen[0] != seen[1]
+
+
+def test_each_epoch_visits_every_sample_once() -> None:
+    s = ResumableSampler(range(12), micro_batch=4, seed=1)
+    first = sorted(i for _ in range(3) for i in s.next())
+    second = sorted(i for _ in range(3) for i in s.next())
+    assert first == second == list(range(12))
+
+
+def test_sampler_refuses_state_from_another_dataset() -> None:
+    state = ResumableSampler(range(10), 2).state_dict()
+    with pytest.raises(ValueError, match="10 samples"):
+        ResumableSampler(range(11), 2).load_state_dict(state)
+
+
+def test_cache_prefetches_the_shards_asked_for_and_verifies_them(dataset, tmp_path) -> None:
+    cache = ShardCache(dataset, tmp_path / "nvme", prefetch=2)
+    try:
+        cache.want(["shard-000002.tar", "shard-000003.tar", "shard-000000.tar"])
+        deadline = time.monotonic() + 10
+        while cache.queue_depth() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cache.queue_depth() == 0
+        assert sorted(p.name for p in (tmp_path / "nvme").iterdir()) == [
+            "shard-000002.tar",
+            "shard-000003.tar",
+        ]
+        path = cache.path("shard-000000.tar")  # not prefetched: copied now
+        assert path.read_bytes() == (dataset / "shard-000000.tar").read_bytes()
+        assert cache.copied == 3
+    finally:
+        cache.close()
+
+
+def test_reader_through_the_cache_returns_the_same_samples(dataset, tmp_path) -> None:
+    cache = ShardCache(dataset, tmp_path / "nvme")
+    try:
+        cached = ShardReader(dataset, resolve=cache.path)
+        direct = ShardReader(dataset)
+        for i in (0, 17, 63):
+            assert cached[i].text == direct[i].text
+        assert (tmp_path / "nvme" / "shard-000003.tar").exists()
+    finally:
+        cache.close()
+
+
+def test_collator_lays_out_modalities_and_masks_the_loss(dataset) -> None:
+    cfg = load_config("tiny")
+    tok = Tokenizer.load(dataset / "tokenizer.json")
+    reader = ShardReader(dataset)
+    batch = Collator(cfg.model, tok, 64)([reader[0], reader[3]], [0, 3])
+    ids, labels = batch.input_ids, batch.labels
+    assert ids.shape == labels.shape == (2, 64)
+    assert ids[0, 0] == BOS_ID
+    assert int((ids[0] == IMAGE_PATCH_ID).sum()) == cfg.model.image.tokens  # 8
+    assert int((ids[0] == WAVE_PATCH_ID).sum()) == cfg.model.waveform.tokens  # 8
+    assert int((ids[1] == IMAGE_PATCH_ID).sum()) == 0  # sample 3 has no image
+    assert batch.image_mask.tolist() == [True, False]
+    assert batch.images.shape == (2, 2, 32, 32)
+    # Labels are the next text token; patches and markers carry no loss.
+    targets = labels[0][labels[0] != IGNORE_INDEX].tolist()
+    assert targets[-1] == EOS_ID
+    assert IMAGE_PATCH_ID not in targets and WAVE_PATCH_ID not in targets
+    assert tok.decode(targets) == reader[0].text
+
+
+def test_image_window_maps_hounsfield_units_to_unit_range() -> None:
+    stack = np.array([[[-160, 40], [240, 1000]]], dtype=np.int16)  # window 40 +- 200
+    out = normalise_image(stack, {"images": [{"window": [40, 400]}]}, slices=1, size=2)
+    assert out.shape == (1, 2, 2)
+    assert out.flatten().tolist() == pytest.approx([0.0, 0.5, 1.0, 1.0])
+
+
+def test_loader_prefetches_in_order_and_reports_queue_depth(dataset) -> None:
+    cfg = load_config("tiny")
+    tok = Tokenizer.load(dataset / "tokenizer.json")
+    reader = ShardReader(dataset)
+    sampler = ResumableSampler(range(64), 4, seed=5)
+    loader = BatchLoader(reader, sampler, Collator(cfg.model, tok, 64), depth=3)
+    try:
+        expected = ResumableSampler(range(64), 4, seed=5)
+        first = loader.next()
+        assert first.indices == expected.next()
+        deadline = time.monotonic() + 10
+        while loader.queue_depth() < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert loader.queue_depth() == 3
+        assert sampler.position == 4  # prefetching does not advance the saved position
+        assert loader.next().indices == expected.next()
+    finally:
+        loader.close()
