@@ -47,6 +47,11 @@ INSTALLED_APPS = [
     "apps.core",
     "apps.accounts",
     "apps.audit",
+    "apps.inventory",
+    "apps.deid",
+    "apps.review",
+    "apps.datasets",
+    "apps.jobs",
     "apps.demo",
 ]
 

@@ -6,9 +6,11 @@ from django.urls import include, path
 
 from controlplane.api import urlpatterns as api_urlpatterns
 
+# Each app owns its pages under one prefix.
+APP_PAGES = ["accounts", "audit", "inventory", "deid", "review", "datasets", "jobs"]
+
 urlpatterns = [
     path("", include("apps.core.urls")),
-    path("accounts/", include("apps.accounts.urls")),
-    path("audit/", include("apps.audit.urls")),
+    *[path(f"{app}/", include(f"apps.{app}.urls")) for app in APP_PAGES],
     path("api/", include(api_urlpatterns)),
 ]

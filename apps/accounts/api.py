@@ -101,3 +101,6 @@ class ApiTokenViewSet(
 
     def perform_destroy(self, instance: ApiToken) -> None:
         services.revoke_token(instance, acting_user=self.request.user)
+
+
+routes = [("tokens", ApiTokenViewSet, "apitoken")]

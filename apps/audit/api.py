@@ -57,3 +57,6 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
         if not form.is_valid():
             raise ValidationError(form.errors.get_json_data())
         return form.filter(qs)
+
+
+routes = [("audit/events", AuditEventViewSet, "auditevent")]

@@ -1,0 +1,3 @@
+"""API routes of this app, registered by controlplane/api.py: (prefix, viewset, basename)."""
+
+routes: list = []

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class DeidConfig(AppConfig):
+    name = "apps.deid"
+    label = "deid"
