@@ -423,6 +423,12 @@ class DicomDeidentifier:
         elif vr in _TEXT_VRS and elem.value:
             w.actions["strict_text"] += 1
             _map_values(elem, lambda v: self._clean_text(w, v))
+        elif vr in ("LO", "SH", "UC") and elem.value:
+            # Unlisted short strings (protocol names, code meanings, vendor labels) are usually
+            # clean; the rules are specific enough to run on them, and they catch what an
+            # operator typed into the wrong field.
+            limit = {"SH": 16, "LO": 64}.get(vr, 10**6)
+            _map_values(elem, lambda v: self._clean_text(w, self._scrub_known(w, v))[:limit])
         elif vr in _SHORT_TEXT_VRS and elem.value:
             _map_values(elem, lambda v: self._scrub_known(w, v))
         elif vr == "AS":

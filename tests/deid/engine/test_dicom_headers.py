@@ -410,3 +410,69 @@ def test_result_report_is_phi_free(key, make_dicom) -> None:
     for needle in ("张伟", "Zhang", "ZY20240305", "ACC998877"):
         assert needle not in rep
     assert res.output_sha256 and res.input_sha256 and res.profile.startswith("default@v")
+
+
+# -- property test: PHI dropped into random elements never survives ---------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from apps.deid.engine.text import resident_id_check_char  # noqa: E402
+
+_PLACES = [
+    (0x00081030, "LO"),  # Study Description (clean descriptors)
+    (0x0008103E, "LO"),  # Series Description
+    (0x00204000, "LT"),  # Image Comments (X)
+    (0x00181030, "LO"),  # Protocol Name
+    (0x00080070, "LO"),  # Manufacturer (not in the table)
+    (0x00081090, "LO"),  # Manufacturer's Model Name (not in the table)
+    (0x00400254, "LO"),  # Performed Procedure Step Description
+    ("private", "LO"),
+    ("nested", "UT"),
+]
+
+
+@st.composite
+def phi_values(draw: st.DrawFn) -> str:
+    kind = draw(st.sampled_from(["rid", "mobile", "email", "zh_name", "mrn"]))
+    if kind == "rid":
+        first = f"{draw(st.integers(110000, 659999))}{draw(st.integers(1950, 2010))}0101" + (
+            f"{draw(st.integers(0, 999)):03d}"
+        )
+        return first + resident_id_check_char(first)
+    if kind == "mobile":
+        return f"1{draw(st.sampled_from('3456789'))}{draw(st.integers(100000000, 999999999))}"
+    if kind == "email":
+        return f"{draw(st.from_regex(r'[a-z]{3,8}', fullmatch=True))}@hosp{draw(st.integers(1, 99))}.cn"
+    if kind == "mrn":
+        return f"MRN {draw(st.integers(100000, 99999999))}"
+    return (
+        "患者"
+        + draw(st.sampled_from("王李张刘陈杨赵周吴徐孙"))
+        + draw(st.sampled_from(["建国", "秀英", "志强", "丽娟", "海涛"]))
+    )
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    place=st.sampled_from(_PLACES),
+    value=phi_values(),
+    charset=st.sampled_from(["ISO_IR 192", "GB18030", "GBK"]),
+)
+def test_phi_inserted_into_random_elements_is_removed(
+    key, make_dataset, dataset_bytes, place, value, charset
+) -> None:
+    ds = make_dataset(charset=charset)
+    tag, vr = place
+    text = f"检查 {value} 复查"
+    if tag == "private":
+        ds.private_block(0x0011, "OTHER VENDOR", create=True).add_new(0x01, vr, text)
+    elif tag == "nested":
+        ds.RequestAttributesSequence[0].ContentSequence[0].TextValue = text
+    else:
+        ds.add_new(tag, vr, text)
+    res = deidentify_dicom(dataset_bytes(ds), key=key, profile=NO_OCR)
+    assert res.status == "ok", res.reason
+    secret = value.removeprefix("患者").removeprefix("MRN ")
+    assert secret not in "\n".join(all_strings(read(res.output)))

@@ -249,7 +249,7 @@ def _date_hits(text: str) -> Iterator[Hit]:
     pats.append(
         (
             _rx(
-                rf"({_YEAR})([-/])(1[0-2]|0?[1-9])\2(0[1-9]|[12]\d|3[01]|[1-9](?!\d))"
+                rf"({_YEAR})([-/])(1[0-2]|0?[1-9])\2(0[1-9]|[12]\d|3[01]|[1-9])"
                 rf"|(?<![\d.])({_YEAR})(\.)(1[0-2]|0?[1-9])\.(0[1-9]|[12]\d|3[01]|[1-9])(?![\d.]\d|\d)"
             ),
             iso,
@@ -299,7 +299,7 @@ def _date_hits(text: str) -> Iterator[Hit]:
 
     pats.append(
         (
-            _rx(rf"({_MON_RE})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?,?\s+({_YEAR})(?!\d)"),
+            _rx(rf"({_MON_RE})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?,?\s+({_YEAR})"),
             en_mdy,
         )
     )
@@ -318,9 +318,7 @@ def _date_hits(text: str) -> Iterator[Hit]:
 
     pats.append(
         (
-            _rx(
-                rf"(?<![\d.])(\d{{1,2}})(?:st|nd|rd|th)?[\s-]+({_MON_RE})\.?,?[\s-]+({_YEAR})(?!\d)"
-            ),
+            _rx(rf"(?<![\d.])(\d{{1,2}})(?:st|nd|rd|th)?[\s-]+({_MON_RE})\.?,?[\s-]+({_YEAR})"),
             en_dmy,
         )
     )
@@ -331,7 +329,7 @@ def _date_hits(text: str) -> Iterator[Hit]:
         mo = _MONTHS[mon[:3].lower()]
         return mk(m, _safe_date(int(y), mo, 15), lambda n: f"{_month_like(n.month, mon)} {n.year}")
 
-    pats.append((_rx(rf"({_MON_RE})\.?,?\s+({_YEAR})(?!\d)"), en_my))
+    pats.append((_rx(rf"({_MON_RE})\.?,?\s+({_YEAR})"), en_my))
 
     # Mar 5 (no year)
     def en_md(m: re.Match[str]) -> Hit | None:
