@@ -1,4 +1,4 @@
-"""Two CPU processes over gloo: DDP, FSDP2 and DeepSpeed ZeRO-3 match the single process.
+"""Two CPU processes over gloo: DDP, FSDP2, DeepSpeed ZeRO-2/3 match the single process.
 
 Every run sees the same 4 samples per optimizer step (1 process x 4, or 2 ranks x 2, or 2 ranks
 x 1 x 2 accumulation steps) and normalises the loss by the global token count, so the losses
@@ -56,9 +56,10 @@ def single_losses(dataset) -> list[float]:
     [
         ("ddp", ["--set", "data.micro_batch_size=2"]),
         ("fsdp2", ["--set", "data.micro_batch_size=1", "--set", "data.grad_accum_steps=2"]),
+        ("deepspeed", ["--zero-stage", "2", "--set", "data.micro_batch_size=2"]),
     ],
 )
-def test_torch_engines_on_two_ranks_match_the_single_process_loss(
+def test_engines_on_two_ranks_match_the_single_process_loss(
     engine, extra, dataset, tmp_path, single_losses, python, repo, sub_env, free_port
 ) -> None:
     launch(python, repo, sub_env, free_port, dataset, tmp_path, engine, *extra)

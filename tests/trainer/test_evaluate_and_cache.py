@@ -1,0 +1,64 @@
+"""Held-out evaluation, the evaluate command, the node-local cache in a run, layering."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from trainer.train import build_run
+
+
+def train(cfg) -> list[float]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    run = build_run(cfg)
+    try:
+        assert run.trainer.train() == 0
+        return run.trainer.losses
+    finally:
+        run.close()
+        torch.set_num_threads(threads)
+
+
+def test_training_through_the_node_cache_gives_the_same_losses(dataset, tmp_path, tiny) -> None:
+    direct = train(tiny(dataset, "", "optim.max_steps=4"))
+    cached = train(tiny(dataset, "", "optim.max_steps=4", f"data.cache_dir={tmp_path / 'nvme'}"))
+    assert cached == direct
+    assert len(list((tmp_path / "nvme").glob("shard-*.tar"))) >= 1
+
+
+def test_periodic_evaluation_logs_held_out_perplexity(dataset, tmp_path, tiny) -> None:
+    cfg = tiny(dataset, tmp_path, "optim.max_steps=6", "eval_interval=3", "data.eval_samples=16")
+    train(cfg)
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "training_eval_perplexity" in r]
+    assert [r["step"] for r in evals] == [3, 6]
+    assert evals[1]["training_eval_loss"] < evals[0]["training_eval_loss"]
+    assert evals[1]["training_eval_perplexity"] == pytest.approx(
+        2.718281828 ** evals[1]["training_eval_loss"], rel=1e-6
+    )
+
+
+@pytest.mark.slow
+def test_evaluate_command_writes_a_perplexity_report(dataset, tmp_path, tiny, repo, sub_env):
+    train(tiny(dataset, tmp_path, "optim.max_steps=10", "checkpoint.interval=10"))
+    out = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "trainer", "evaluate", "--checkpoint"]
+    cmd += [str(tmp_path / "step-000010"), "--samples", "8", "--out", str(out)]
+    proc = subprocess.run(cmd, env=sub_env, cwd=repo, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["step"] == 10 and report["samples"] == 8
+    assert 1.0 < report["perplexity"] < 100.0  # far below the vocabulary size of 512
+
+
+def test_the_trainer_never_imports_django() -> None:
+    code = (
+        "import sys, trainer.train, trainer.__main__, trainer.engines, trainer.checkpoint, "
+        "trainer.metrics, trainer.ds_config; sys.exit('django' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
