@@ -173,8 +173,7 @@ def _scontrol_time(value: str) -> datetime | None:
     if not value or value in ("Unknown", "None", "N/A"):
         return None
     try:
-        # scontrol prints the controller's local time; the daemons here run in UTC, and a
-        # site in another zone should prefer the --json path, which gives Unix times.
+        # Local time of the scontrol process, which SlurmCLI runs with TZ=UTC.
         return datetime.fromisoformat(value).replace(tzinfo=UTC)
     except ValueError:
         return None

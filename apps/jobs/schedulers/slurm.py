@@ -64,6 +64,9 @@ class SlurmCLI:
         self._env.update(env or {})
         if jwt:
             self._env["SLURM_JWT"] = jwt
+        # scontrol prints times in its own local zone without saying which: run the queries
+        # in UTC so they parse unambiguously (jobs keep the inherited TZ via sbatch).
+        self._query_env = {**self._env, "TZ": "UTC"}
 
     # --- the Scheduler interface ---------------------------------------------------------
 
@@ -227,7 +230,7 @@ class SlurmCLI:
                 input=stdin,
                 capture_output=True,
                 text=True,
-                env=dict(env if env is not None else self._env),
+                env=dict(env if env is not None else self._query_env),
                 timeout=self.timeout,
                 check=False,
                 stdin=None if stdin is not None else subprocess.DEVNULL,

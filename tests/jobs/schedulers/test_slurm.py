@@ -149,7 +149,10 @@ def test_a_retried_submission_finds_the_first_job(sched, shared_dir):
 # --- CLI only --------------------------------------------------------------------------
 
 
-def test_the_cli_works_without_json_too(slurm, shared_dir, wait):
+def test_the_cli_works_without_json_too(slurm, shared_dir, wait, monkeypatch):
+    # A control plane in another zone (Django sets TZ from TIME_ZONE) must still read
+    # scontrol's zone-less times right.
+    monkeypatch.setenv("TZ", "Asia/Shanghai")
     plain = get_scheduler("slurm", {"use_json": False})
     job = slurm.submit(spec(shared_dir, "exit 4", comment=token()))
     wait(lambda: (s := state_of(slurm, job)) and s.is_terminal, timeout=60)
