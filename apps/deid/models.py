@@ -1,0 +1,113 @@
+"""De-identification runs over an ingest batch: one result row per raw file, nothing lost.
+
+A file the engine cannot de-identify safely is quarantined with a PHI-free reason and is
+never released; it is never dropped either (its row stays, pointing at the raw file). The
+pure engine is ``apps.deid.engine``; this app runs it over batches and keeps the results.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+from apps.core.models import TimeStampedModel
+from apps.inventory.models import IngestBatch, RawFile
+
+
+class DeidRun(TimeStampedModel):
+    """One pass of the engine with one profile over one ingest batch.
+
+    Resumable and idempotent: re-running skips files whose result for the same input hash
+    and profile fingerprint is already stored. ``released_at`` is set only by
+    ``apps.review.services`` when the review gate passes; datasets pack only released runs.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("Pending")
+        RUNNING = "running", _("Running")
+        DONE = "done", _("Done")
+        FAILED = "failed", _("Failed")
+        CANCELLED = "cancelled", _("Cancelled")
+
+    batch = models.ForeignKey(IngestBatch, on_delete=models.PROTECT, related_name="deid_runs")
+    profile = models.JSONField(default=dict)  # the engine profile's canonical settings
+    profile_fingerprint = models.CharField(max_length=120, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    files_total = models.IntegerField(default=0)
+    files_done = models.IntegerField(default=0)
+    files_ok = models.IntegerField(default=0)
+    files_quarantined = models.IntegerField(default=0)
+    files_error = models.IntegerField(default=0)
+    output_root = models.CharField(max_length=500, blank=True)
+    error = models.CharField(max_length=300, blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    created_by_id = models.BigIntegerField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    released_at = models.DateTimeField(null=True, blank=True)
+    released_by_id = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"de-id run {self.pk}"
+
+    @property
+    def is_released(self) -> bool:
+        return self.released_at is not None
+
+
+class DeidFileResult(models.Model):
+    """The engine's verdict on one raw file in one run (ids, hashes and counts only)."""
+
+    class Status(models.TextChoices):
+        OK = "ok", _("De-identified")
+        QUARANTINED = "quarantined", _("Quarantined")
+        ERROR = "error", _("Error")
+
+    run = models.ForeignKey(DeidRun, on_delete=models.PROTECT, related_name="results")
+    raw_file = models.ForeignKey(RawFile, on_delete=models.PROTECT, related_name="deid_results")
+    status = models.CharField(max_length=12, choices=Status.choices)
+    reason = models.CharField(max_length=300, blank=True)  # PHI-free code from the engine
+    kind = models.CharField(max_length=20)  # dicom, text, edf, wfdb_header, ...
+    modality = models.CharField(max_length=16, blank=True)
+    input_sha256 = models.CharField(max_length=64)
+    # Relative to the run's output_root; pseudonymized path components.
+    output_relpath = models.CharField(max_length=1000, blank=True)
+    output_sha256 = models.CharField(max_length=64, blank=True)
+    extra_outputs = models.JSONField(default=dict, blank=True)  # suffix -> sha256
+    findings = models.JSONField(default=dict, blank=True)  # PHI type -> count
+    actions = models.JSONField(default=dict, blank=True)  # action -> count
+    # Text masks in output coordinates: [{"type", "start", "end"}] (never the original text).
+    spans = models.JSONField(default=list, blank=True)
+    patient_pseudonym = models.CharField(max_length=80, blank=True, db_index=True)
+    study_key = models.CharField(max_length=64, blank=True, db_index=True)
+    # Borderline results the review sample must include (OCR boxes found, weak name hits).
+    flagged = models.BooleanField(default=False)
+    processed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["run_id", "raw_file_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "raw_file"], name="deid_result_once_per_run")
+        ]
+        indexes = [models.Index(fields=["run", "status"])]
+
+    def __str__(self) -> str:
+        return f"result {self.pk} ({self.status})"
+
+
+class VaultRecord(models.Model):
+    """One encrypted pseudonym -> original entry (``apps.deid.engine.vault`` format).
+
+    Readable only through ``apps.deid.services.reveal_pseudonym``: privacy officers, with a
+    reason, audited.
+    """
+
+    slot = models.CharField(max_length=200, unique=True)  # "<kind>:<pseudonym>"
+    blob = models.BinaryField()
+    created = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"vault record {self.pk}"
