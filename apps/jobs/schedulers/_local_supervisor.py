@@ -204,7 +204,23 @@ def main(jobdir: str) -> int:
                 supervisor_pid=os.getpid(),
                 supervisor_start=proc_start_time(os.getpid()),
             )
-        why, rc = run_once(jobdir, spec, job_id, restarts)
+        try:
+            why, rc = run_once(jobdir, spec, job_id, restarts)
+        except OSError as exc:
+            # The output folder vanished, the interpreter line names a missing program...:
+            # the job fails (as under Slurm) instead of the supervisor dying with it RUNNING.
+            with locked(jobdir):
+                clear(jobdir, "cancel", "requeue")
+                update_state(
+                    jobdir,
+                    state="FAILED",
+                    reason=f"cannot start the job: {exc.strerror or exc}",
+                    exit_code=1,
+                    exit_signal=0,
+                    end_time=time.time(),
+                    supervisor_pid=None,
+                )
+            return 1
         with locked(jobdir):
             if why == "requeue" or (why == "exit" and requested(jobdir, "requeue")):
                 clear(jobdir, "requeue")

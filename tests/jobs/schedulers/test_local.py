@@ -213,3 +213,10 @@ def test_it_warns_with_the_signal_then_times_out(tmp_path, workdir, wait):
     state = wait(lambda: (s := state_of(fast, job)) and s.is_terminal and s, timeout=15)
     assert (state.state, state.reason) == ("TIMEOUT", "TimeLimit")
     assert "got USR1" in fast.logs(job)
+
+
+def test_a_job_that_cannot_start_fails_with_a_reason(local, workdir, wait):
+    job = local.submit(JobSpec(script="#!/no/such/interpreter\n", name="t", workdir=workdir))
+    state = wait(lambda: (s := state_of(local, job)) and s.is_terminal and s, timeout=15)
+    assert state.state == "FAILED"
+    assert "cannot start" in state.reason
