@@ -1,0 +1,210 @@
+"""Audit bench: append throughput under concurrent writers, and audit_verify on 1M events.
+
+Not a test: it prints figures beside the goals of issue 2 (append >= 1,000 events/s with 8
+concurrent writers and no fork; verify 1,000,000 events in < 10 s on the 2-core machine).
+PostgreSQL only; it empties the audit table of the database it is pointed at, so give it a
+scratch database (created when missing):
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/medctl_bench \\
+        .venv/bin/python bench/audit_bench.py [--events 1000000] [--writers 8] [--per-writer 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import os
+import sys
+import threading
+import time
+from contextlib import redirect_stderr
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
+os.environ.setdefault("MEDCTL_DEV_SECRETS", "1")
+
+APPEND_GOAL = 1_000  # events/s
+VERIFY_GOAL = 10.0  # seconds for 1M events
+
+
+def ensure_database(url: str) -> None:
+    """CREATE DATABASE for the scratch database named in DATABASE_URL, if it is missing."""
+    import dj_database_url
+    import psycopg
+
+    cfg = dj_database_url.parse(url)
+    name = cfg["NAME"]
+    admin = psycopg.connect(
+        host=cfg["HOST"] or None, port=cfg["PORT"] or None, user=cfg["USER"] or None,
+        password=cfg["PASSWORD"] or None, dbname="postgres", autocommit=True,
+    )
+    with admin:
+        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
+        if not exists:
+            admin.execute(f'CREATE DATABASE "{name}"')
+
+
+def empty_audit_table() -> None:
+    from apps.audit.testing import triggers_bypassed
+
+    with triggers_bypassed() as cursor:
+        cursor.execute("TRUNCATE audit_auditevent, audit_chaincheck")
+
+
+def bench_append(writers: int, per_writer: int) -> tuple[float, bool, str]:
+    """Each writer: its own connection, one transaction per event (as services do)."""
+    from django.db import connections, transaction
+
+    from apps.audit.models import AuditEvent
+    from apps.audit.services import record, verify_chain
+
+    empty_audit_table()
+    barrier = threading.Barrier(writers + 1)
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            barrier.wait()
+            for i in range(per_writer):
+                with transaction.atomic():
+                    record("bench.appended", f"bench.writer:{n}", actor=n, details={"i": i})
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(writers)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise SystemExit(f"append failed: {errors[0]!r}")
+    total = writers * per_writer
+    seqs = list(AuditEvent.objects.order_by("seq").values_list("seq", flat=True))
+    result = verify_chain()
+    no_fork = seqs == list(range(1, total + 1)) and result.ok and result.events_checked == total
+    return total / elapsed, no_fork, result.summary()
+
+
+def bulk_load(n: int) -> float:
+    """Write n correctly chained events with COPY (digests computed as record() does)."""
+    from django.db import connection
+
+    from apps.audit.models import GENESIS_DIGEST
+    from apps.audit.services import MESSAGE_VERSION, SEP, timestamp_text
+
+    empty_audit_table()
+    actions = ["accounts.login", "datasets.released", "jobs.run_launched", "deid.file_done",
+               "review.verdict_recorded", "checkpoints.verified"]
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    prev = GENESIS_DIGEST
+    t0 = time.perf_counter()
+    with connection.cursor() as django_cursor:
+        cursor = django_cursor.cursor  # psycopg's own cursor, for COPY
+        copy_sql = (
+            "COPY audit_auditevent (seq, timestamp, user_id, action, resource, pre_hash, "
+            "post_hash, request_id, client_ip, details, prev_digest, digest) FROM STDIN"
+        )
+        with cursor.copy(copy_sql) as copy:
+            for seq in range(1, n + 1):
+                ts = start + timedelta(milliseconds=seq * 37)
+                user_id = seq % 97 or None
+                action = actions[seq % len(actions)]
+                resource = f"bench.thing:{seq % 10_007}"
+                pre = hashlib.sha256(b"pre%d" % seq).hexdigest() if seq % 3 else ""
+                post = hashlib.sha256(b"post%d" % seq).hexdigest()
+                request_id = f"{seq // 4:032x}"
+                client_ip = f"10.0.{seq % 250}.{seq % 200 + 1}"
+                details = f'{{"n":{seq % 1000}}}'
+                message = (
+                    f"{MESSAGE_VERSION}{SEP}{seq}{SEP}{prev}{SEP}{timestamp_text(ts)}{SEP}"
+                    f"{'' if user_id is None else user_id}{SEP}{action}{SEP}{resource}{SEP}"
+                    f"{pre}{SEP}{post}{SEP}{request_id}{SEP}{client_ip}{SEP}{details}"
+                )
+                digest = hashlib.sha256(message.encode()).hexdigest()
+                copy.write_row((seq, ts, user_id, action, resource, pre, post, request_id,
+                                client_ip, details, prev, digest))
+                prev = digest
+        django_cursor.execute("ANALYZE audit_auditevent")
+    return time.perf_counter() - t0
+
+
+def bench_verify() -> tuple[float, str]:
+    """Time ``manage.py audit_verify --no-save`` (chain plus digest-store check)."""
+    from django.core.management import CommandError, call_command
+
+    out, err = io.StringIO(), io.StringIO()
+    t0 = time.perf_counter()
+    try:
+        with redirect_stderr(err):
+            call_command("audit_verify", "--no-save", "--quiet", stdout=out)
+    except CommandError as exc:
+        return time.perf_counter() - t0, f"FAILED: {exc}"
+    return time.perf_counter() - t0, out.getvalue().strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--writers", type=int, default=8)
+    parser.add_argument("--per-writer", type=int, default=500)
+    parser.add_argument("--verify-runs", type=int, default=2)
+    args = parser.parse_args()
+
+    url = os.environ.get("DATABASE_URL", "")
+    if not url.startswith(("postgres://", "postgresql://")):
+        raise SystemExit("set DATABASE_URL to a scratch PostgreSQL database (see the docstring)")
+    ensure_database(url)
+
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.db import connection
+
+    settings.AUDIT_DIGEST_STORE = "local"
+    settings.AUDIT_DIGEST_DIR = Path(settings.VAR_DIR) / "bench-audit-digests-empty"
+    call_command("migrate", verbosity=0)
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW server_version")
+        server = cursor.fetchone()[0]
+
+    rate, no_fork, chain = bench_append(args.writers, args.per_writer)
+    print(f"append: {args.writers} writers x {args.per_writer} events: {rate:,.0f} events/s; "
+          f"{chain}", flush=True)
+    load_s = bulk_load(args.events)
+    print(f"bulk load: {args.events:,} chained events via COPY in {load_s:.1f} s", flush=True)
+    verify_times = []
+    summary = ""
+    for _ in range(args.verify_runs):
+        seconds, summary = bench_verify()
+        verify_times.append(seconds)
+        print(f"audit_verify: {seconds:.2f} s  {summary}", flush=True)
+    best = min(verify_times)
+
+    print()
+    print(f"PostgreSQL {server}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
+          f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    print("| measure | result | goal | met |")
+    print("|---|---|---|---|")
+    print(f"| append, {args.writers} concurrent writers (one transaction per event) | "
+          f"{rate:,.0f} events/s, {'no fork' if no_fork else 'FORK/GAP'} | >= {APPEND_GOAL:,} "
+          f"events/s, no fork | {'yes' if rate >= APPEND_GOAL and no_fork else 'NO'} |")
+    scaled = best * 1_000_000 / args.events if args.events else 0.0
+    print(f"| audit_verify, {args.events:,} events (best of {len(verify_times)}; runs: "
+          f"{', '.join(f'{t:.2f}' for t in verify_times)} s) | {best:.2f} s "
+          f"({args.events / best:,.0f} events/s) | < {VERIFY_GOAL:.0f} s for 1M | "
+          f"{'yes' if scaled < VERIFY_GOAL and 'OK' in summary else 'NO'} |")
+
+
+if __name__ == "__main__":
+    main()
