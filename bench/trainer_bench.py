@@ -86,11 +86,10 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = write_synthetic(Path(tmp) / "ds", samples=256, per_shard=64)
-        cfg = load_config(
-            "tiny",
-            [f"data.path={data}", f"data.micro_batch_size={args.micro}", "log_interval=1000000",
-             f"metrics_jsonl={Path(tmp) / 'm.jsonl'}", f"optim.max_steps={args.warmup + args.steps}"],
-        )  # fmt: skip
+        overrides = [f"data.path={data}", f"data.micro_batch_size={args.micro}"]
+        overrides += ["log_interval=1000000", f"metrics_jsonl={Path(tmp) / 'm.jsonl'}"]
+        overrides += [f"optim.max_steps={args.warmup + args.steps}"]
+        cfg = load_config("tiny", overrides)
         tokens = args.steps * args.micro * cfg.data.seq_len
         ours_s, bare_s = [], []
         for _ in range(args.rounds):
