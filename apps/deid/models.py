@@ -46,12 +46,27 @@ class DeidRun(TimeStampedModel):
     finished_at = models.DateTimeField(null=True, blank=True)
     released_at = models.DateTimeField(null=True, blank=True)
     released_by_id = models.BigIntegerField(null=True, blank=True)
+    # Touched after every file by the worker holding the run; a RUNNING run whose heartbeat
+    # is stale (or cleared between chunks) may be claimed by the next worker (resume).
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created"]
 
     def __str__(self) -> str:
         return f"de-id run {self.pk}"
+
+    @property
+    def files_remaining(self) -> int:
+        return max(self.files_total - self.files_done, 0)
+
+    @property
+    def percent(self) -> int:
+        return int(100 * self.files_done / self.files_total) if self.files_total else 0
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in (self.Status.PENDING, self.Status.RUNNING)
 
     @property
     def is_released(self) -> bool:
@@ -85,6 +100,8 @@ class DeidFileResult(models.Model):
     study_key = models.CharField(max_length=64, blank=True, db_index=True)
     # Borderline results the review sample must include (OCR boxes found, weak name hits).
     flagged = models.BooleanField(default=False)
+    flag_reasons = models.JSONField(default=list, blank=True)  # codes, e.g. "ocr_boxes"
+    profile_fingerprint = models.CharField(max_length=120, blank=True)
     processed_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -111,3 +128,24 @@ class VaultRecord(models.Model):
 
     def __str__(self) -> str:
         return f"vault record {self.pk}"
+
+
+class RevealLog(models.Model):
+    """One re-identification by a privacy officer: who, when, why, for which pseudonym.
+
+    The audit event carries only hashes; the stated reason lives here so auditors can read it.
+    The revealed original is never stored.
+    """
+
+    actor_id = models.BigIntegerField()
+    pseudonym_sha256 = models.CharField(max_length=64, db_index=True)
+    kind = models.CharField(max_length=40, default="patient_id")
+    reason = models.TextField()
+    found = models.BooleanField(default=False)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"reveal {self.pk}"

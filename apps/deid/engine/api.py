@@ -37,15 +37,15 @@ def detect_kind(data: bytes, name: str = "") -> str:
 
 
 def _looks_like_headerless_dicom(data: bytes) -> bool:
-    # A raw data set starts with a low even group (0008 or 0002) element, little endian.
+    """A raw data set (no preamble) starts with a low even group element, either endianness."""
     if len(data) < 12:
         return False
-    group = int.from_bytes(data[0:2], "little")
-    elem = int.from_bytes(data[2:4], "little")
-    if group not in (0x0002, 0x0008) or elem > 0x0100:
-        return False
-    vr = data[4:6]
-    return (vr.isalpha() and vr.isupper()) or int.from_bytes(data[4:8], "little") < 1024
+    for order in ("little", "big"):
+        group = int.from_bytes(data[0:2], order)  # type: ignore[arg-type]
+        elem = int.from_bytes(data[2:4], order)  # type: ignore[arg-type]
+        if group in (0x0002, 0x0008) and elem <= 0x0100:
+            return True
+    return False
 
 
 def _looks_like_wfdb_header(data: bytes) -> bool:
@@ -142,6 +142,24 @@ class DeidEngine:
                 res = FileResult(kind=kind, input_sha256=sha256(data))
                 res.output = deidentify_wfdb_annotations(data, key=self.key, context=context)
                 res.actions["wfdb_annotation_cleaned"] += 1
+            elif b"\x00" in data[:4096]:
+                # Binary and unrecognised: a data set with an unusual first element still
+                # parses as DICOM; anything else is quarantined as unknown.
+                from .dicom import deidentify_dicom
+
+                res = deidentify_dicom(
+                    data,
+                    key=self.key,
+                    profile=self.profile,
+                    vault=self.vault,
+                    pixel_cleaner=self.pixel_cleaner,
+                )
+                if res.status != OK:
+                    res = FileResult(
+                        kind="unknown",
+                        status=QUARANTINED,
+                        reason="unknown_kind: binary content is not DICOM, EDF or WFDB",
+                    )
             else:
                 res = FileResult(
                     kind="unknown",

@@ -111,16 +111,17 @@ def read_dicom(data: bytes) -> Dataset:
 def _check_consumed(ds: Dataset, size: int) -> None:
     """pydicom stops silently when an element header is cut off; bytes left after the last
     parsed element mean the file was truncated or damaged there."""
-    end = 0
-    for raw in ds._dict.values():
-        tell = getattr(raw, "value_tell", None)
-        length = getattr(raw, "length", None)
-        if isinstance(tell, int) and isinstance(length, int):
-            if length == 0xFFFFFFFF:
-                return  # undefined length: the reader consumed up to its delimiter
-            end = max(end, tell + length)
-    if end and size - end > 0:
-        raise CorruptInputError(f"{size - end} unparsed trailing bytes", reason="dicom_truncated")
+    elems = list(ds._dict.values())
+    if not elems:
+        return
+    last = elems[-1]
+    tell = getattr(last, "value_tell", None)
+    length = getattr(last, "length", None)
+    if not isinstance(tell, int) or not isinstance(length, int) or length == 0xFFFFFFFF:
+        return  # already converted or undefined length: the reader consumed to a delimiter
+    left = size - (tell + length)
+    if left > 0:
+        raise CorruptInputError(f"{left} unparsed trailing bytes", reason="dicom_truncated")
 
 
 def _touch(ds: Dataset, depth: int) -> None:
@@ -168,6 +169,8 @@ def _check_pixel_length(ds: Dataset) -> None:
     except Exception:
         raise CorruptInputError("pixel module incomplete", reason="dicom_pixel_module") from None
     expected = rows * cols * spp * frames * bits // 8
+    if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
+        expected = expected * 2 // 3  # chroma subsampled 2:1 horizontally
     actual = len(ds.PixelData)
     if actual < expected:
         raise CorruptInputError(
@@ -219,7 +222,18 @@ def _known_regex(ctx: PatientContext) -> re.Pattern[str] | None:
     values = [v for v in (*ctx.names, *ctx.identifiers) if len(v) >= 2]
     if not values:
         return None
-    parts = sorted({re.escape(v) for v in values}, key=len, reverse=True)
+    return _identifier_regex(values)
+
+
+def _identifier_regex(values: list[str]) -> re.Pattern[str]:
+    """One pattern for many identifiers; alphanumeric ones must not touch other alphanumerics
+    (a StudyID "1582" is not a leak inside a UID "2.25.…15820…")."""
+    parts = []
+    for v in sorted(set(values), key=len, reverse=True):
+        p = re.escape(v)
+        if re.fullmatch(r"[A-Za-z0-9]+", v):
+            p = rf"(?<![A-Za-z0-9]){p}(?![A-Za-z0-9])"
+        parts.append(p)
     return re.compile("|".join(parts), re.IGNORECASE)
 
 
@@ -572,7 +586,7 @@ def find_residual(data: bytes, ctx: PatientContext) -> list[str]:
     values = [v for v in (*ctx.names, *ctx.identifiers) if len(v) >= 3]
     if not values:
         return []
-    rx = re.compile("|".join(sorted({re.escape(v) for v in values}, key=len, reverse=True)), re.I)
+    rx = _identifier_regex(values)
     enc = []
     for v in values:
         for codec in ("utf-8", "gb18030", "big5", "utf-16-le"):

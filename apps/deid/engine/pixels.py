@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, RLELossless
 
 from .errors import UnsupportedInputError
 from .profile import OcrSettings
@@ -278,7 +278,9 @@ class PixelCleaner:
             raise UnsupportedInputError(f"{bits}-bit pixels", reason="pixels_unsupported")
         raw = bytearray(ds.PixelData)
         n = frames * rows * cols * spp
-        arr = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"), count=n)
+        ts = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+        order = ">" if ts == ExplicitVRBigEndian else "<"
+        arr = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder(order), count=n)
         planar = spp > 1 and int(ds.get("PlanarConfiguration", 0)) == 1
         if planar:
             view = arr.reshape(frames, spp, rows, cols)

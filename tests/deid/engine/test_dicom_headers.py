@@ -442,7 +442,8 @@ def phi_values(draw: st.DrawFn) -> str:
     if kind == "mobile":
         return f"1{draw(st.sampled_from('3456789'))}{draw(st.integers(100000000, 999999999))}"
     if kind == "email":
-        return f"{draw(st.from_regex(r'[a-z]{3,8}', fullmatch=True))}@hosp{draw(st.integers(1, 99))}.cn"
+        user = draw(st.from_regex(r"[a-z]{3,8}", fullmatch=True))
+        return f"{user}@hosp{draw(st.integers(1, 99))}.cn"
     if kind == "mrn":
         return f"MRN {draw(st.integers(100000, 99999999))}"
     return (

@@ -66,9 +66,39 @@ class PatientContext:
         shift = key.date_shift_days(patient_id) if (key is not None and patient_id) else None
         variants: set[str] = set()
         for n in names:
-            variants.update(name_variants(n))
-        ids = {i.strip() for i in (*identifiers, patient_id) if i and len(i.strip()) >= 3}
+            variants.update(v for v in name_variants(n) if not _is_placeholder(v))
+        ids = {
+            i.strip()
+            for i in (*identifiers, patient_id)
+            if i and len(i.strip()) >= 3 and not _is_placeholder(i)
+        }
         return cls(patient_id, tuple(sorted(variants)), tuple(sorted(ids)), shift)
+
+
+# Values already de-identified upstream; treating them as identifiers would flag every dummy.
+_PLACEHOLDERS = {
+    "anonymized",
+    "anonymous",
+    "anon",
+    "removed",
+    "unknown",
+    "none",
+    "null",
+    "n/a",
+    "na",
+    "test",
+    "patient",
+    "xxx",
+    "redacted",
+    "deidentified",
+    "de-identified",
+}
+
+
+def _is_placeholder(value: str) -> bool:
+    return re.sub(r"[\s^=|,]+", " ", value).strip().lower() in _PLACEHOLDERS or not value.strip(
+        "^=| "
+    )
 
 
 def name_variants(name: str) -> set[str]:
