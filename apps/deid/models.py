@@ -32,6 +32,8 @@ class DeidRun(TimeStampedModel):
     batch = models.ForeignKey(IngestBatch, on_delete=models.PROTECT, related_name="deid_runs")
     profile = models.JSONField(default=dict)  # the engine profile's canonical settings
     profile_fingerprint = models.CharField(max_length=120, blank=True)
+    # ProjectKey.fingerprint(): outputs of two runs are interchangeable only under one key.
+    key_fingerprint = models.CharField(max_length=32, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     files_total = models.IntegerField(default=0)
     files_done = models.IntegerField(default=0)
