@@ -615,6 +615,17 @@ def flag_reasons(result: FileResult) -> list[str]:
     return reasons
 
 
+def _header_context(data: bytes, engine: DeidEngine) -> PatientContext | None:
+    """The patient context of a DICOM header, or None when it cannot be read (the file gets
+    its own quarantine row when its turn comes)."""
+    from apps.deid.engine.dicom import patient_context, read_dicom
+
+    try:
+        return patient_context(read_dicom(data), engine.key)
+    except Exception:  # a bad header only means no shared context
+        return None
+
+
 class _Worker:
     """Processes the files of one run; holds the engine and a small per-study context cache."""
 
@@ -648,13 +659,9 @@ class _Worker:
             data, _, _ = read_raw(self.raw_root, cand.relpath)
             if data is None:
                 continue
-            try:
-                from apps.deid.engine.dicom import patient_context, read_dicom
-
-                ctx = patient_context(read_dicom(data), self.engine.key)
+            ctx = _header_context(data, self.engine)
+            if ctx is not None:
                 break
-            except Exception:
-                continue
         self.contexts[raw.study_key] = ctx
         if len(self.contexts) > _STUDY_CONTEXT_CACHE:
             self.contexts.popitem(last=False)

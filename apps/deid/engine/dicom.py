@@ -19,8 +19,8 @@ from datetime import date, timedelta
 from typing import Any
 
 import pydicom
-from pydicom.datadict import dictionary_has_tag
-from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
@@ -76,7 +76,7 @@ class _Walk:
     shift: int | None
     actions: Counter[str] = field(default_factory=Counter)
     findings: Counter[str] = field(default_factory=Counter)
-    known_re: re.Pattern[str] | None = None
+    known: KnownMatcher | None = None
 
 
 # ------------------------------------------------------------------------------------------
@@ -142,12 +142,36 @@ def _touch(ds: Dataset, depth: int) -> None:
                 f"element ({int(raw.tag) >> 16:04X},{int(raw.tag) & 0xFFFF:04X}) truncated",
                 reason="dicom_truncated",
             )
-    for elem in ds:
+    for tag, raw in list(ds._dict.items()):
+        if isinstance(raw, RawDataElement) and _raw_vr(raw) in _SKIP_VRS:
+            continue  # decoded on demand; kept numbers and bytes are written back raw
+        elem = ds[tag]
         if elem.VR == "SQ":
             for item in elem.value:
                 _touch(item, depth + 1)
         else:
             _ = elem.value
+
+
+_SKIP_VRS = _NUMERIC_VRS | {"IS", "DS", "OB", "OW", "OF", "OD", "OL", "OV", "AT"}
+
+
+def _raw_vr(raw: Any) -> str:
+    vr = getattr(raw, "VR", None)
+    if vr in (None, "UN"):
+        try:
+            vr = dictionary_VR(raw.tag)
+        except KeyError:
+            vr = vr or "UN"
+    return str(vr).split(" ")[0]
+
+
+def _needs_value(raw: Any, action: str | None) -> bool:
+    """Whether the walk must decode this element (kept numbers and bytes need not be)."""
+    if not isinstance(raw, RawDataElement):
+        return True
+    vr = _raw_vr(raw)
+    return not (vr in _SKIP_VRS and action in (None, "K"))
 
 
 def _check_pixel_length(ds: Dataset) -> None:
@@ -218,23 +242,56 @@ def patient_context(ds: Dataset, key: ProjectKey) -> PatientContext:
     return ctx
 
 
-def _known_regex(ctx: PatientContext) -> re.Pattern[str] | None:
-    values = [v for v in (*ctx.names, *ctx.identifiers) if len(v) >= 2]
-    if not values:
-        return None
-    return _identifier_regex(values)
+class KnownMatcher:
+    """Case-insensitive literal search for many identifiers (no per-file regex compile: the
+    walk runs it on every short string, so it must cost microseconds).
+
+    Alphanumeric identifiers must not touch other alphanumerics: a StudyID "1582" is not a
+    leak inside a UID "2.25.…15820…"."""
+
+    def __init__(self, values: list[str] | tuple[str, ...]) -> None:
+        uniq = {v.strip().lower() for v in values if len(v.strip()) >= 2}
+        self.items = sorted(
+            ((v, v.isascii() and v.isalnum()) for v in uniq), key=lambda t: -len(t[0])
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Non-overlapping (start, end) of identifier occurrences, longest first."""
+        low = text.lower()
+        if len(low) != len(text):  # a case mapping changed lengths; fall back to exact case
+            low = text
+        found: list[tuple[int, int]] = []
+        for v, alnum in self.items:
+            i = low.find(v)
+            while i >= 0:
+                j = i + len(v)
+                ok = not alnum or (
+                    (i == 0 or not low[i - 1].isalnum()) and (j == len(low) or not low[j].isalnum())
+                )
+                if ok and all(j <= a or i >= b for a, b in found):
+                    found.append((i, j))
+                i = low.find(v, i + 1)
+        return sorted(found)
+
+    def sub(self, text: str, repl: str) -> tuple[str, int]:
+        """``text`` with every occurrence replaced by ``repl``, and the count."""
+        spans = self.spans(text)
+        if not spans:
+            return text, 0
+        out, pos = [], 0
+        for a, b in spans:
+            out.append(text[pos:a])
+            out.append(repl)
+            pos = b
+        out.append(text[pos:])
+        return "".join(out), len(spans)
 
 
-def _identifier_regex(values: list[str]) -> re.Pattern[str]:
-    """One pattern for many identifiers; alphanumeric ones must not touch other alphanumerics
-    (a StudyID "1582" is not a leak inside a UID "2.25.…15820…")."""
-    parts = []
-    for v in sorted(set(values), key=len, reverse=True):
-        p = re.escape(v)
-        if re.fullmatch(r"[A-Za-z0-9]+", v):
-            p = rf"(?<![A-Za-z0-9]){p}(?![A-Za-z0-9])"
-        parts.append(p)
-    return re.compile("|".join(parts), re.IGNORECASE)
+def _known_matcher(ctx: PatientContext) -> KnownMatcher:
+    return KnownMatcher([*ctx.names, *ctx.identifiers])
 
 
 # ------------------------------------------------------------------------------------------
@@ -338,9 +395,9 @@ class DicomDeidentifier:
         return res.text
 
     def _scrub_known(self, w: _Walk, value: str) -> str:
-        if w.known_re is None or not value:
+        if not w.known or not value:
             return value
-        out, n = w.known_re.subn("ANONYMIZED", value)
+        out, n = w.known.sub(value, "ANONYMIZED")
         if n:
             w.findings["KNOWN_IDENTIFIER"] += n
         return out
@@ -448,8 +505,7 @@ class DicomDeidentifier:
         elif vr == "AS":
             _map_values(elem, _cap_age)
 
-    def _private(self, w: _Walk, ds: Dataset, elem: DataElement, keep: set[int]) -> None:
-        tag = elem.tag
+    def _private(self, w: _Walk, ds: Dataset, tag: BaseTag, keep: set[int]) -> None:
         if 0x0010 <= tag.element <= 0x00FF:
             return  # creators are decided after their blocks
         if tag.element >= 0x1000 and self.profile.retain_safe_private:
@@ -464,6 +520,7 @@ class DicomDeidentifier:
                 ):
                     keep.add(int(creator_tag))
                     w.actions["private_kept"] += 1
+                    elem = ds[tag]
                     if elem.VR in _TEXT_VRS or elem.VR in _SHORT_TEXT_VRS or elem.VR == "PN":
                         _map_values(elem, lambda v: self._scrub_known(w, v))
                     return
@@ -472,19 +529,29 @@ class DicomDeidentifier:
 
     def _walk(self, w: _Walk, ds: Dataset, depth: int = 0) -> None:
         keep_creators: set[int] = set()
-        for elem in list(ds):
-            tag: BaseTag = elem.tag
+        for tag in list(ds._dict.keys()):
+            tag = Tag(tag)
             if tag.group == 0x0002:
                 continue
             if tag.element == 0x0000:
                 del ds[tag]  # group lengths are retired and would be stale
                 continue
             if tag.is_private:
-                self._private(w, ds, elem, keep_creators)
+                self._private(w, ds, tag, keep_creators)
                 continue
             rule = rule_for(int(tag))
-            if rule is not None:
-                action = resolve_action(rule, self.profile)
+            action = resolve_action(rule, self.profile) if rule is not None else None
+            if action == "X":
+                w.actions["X"] += 1
+                del ds[tag]
+                continue
+            raw = ds._dict[tag]
+            if not _needs_value(raw, action):
+                if action == "K":
+                    w.actions["K"] += 1
+                continue  # numeric/binary kept as read: no decode, written back byte-exact
+            elem = ds[tag]
+            if action is not None:
                 if action == "U*":
                     action = "K" if elem.VR == "SQ" else "U"
                 self._apply(w, ds, elem, action, depth)
@@ -493,18 +560,20 @@ class DicomDeidentifier:
                 del ds[tag]
             else:
                 self._strict(w, ds, elem, depth)
-        for elem in list(ds):
-            t = elem.tag
+        for t in list(ds._dict.keys()):
+            t = Tag(t)
             if t.is_private and 0x0010 <= t.element <= 0x00FF and int(t) not in keep_creators:
                 del ds[t]
 
     # --------------------------------------------------------------------------------------
-    def deidentify_dataset(self, ds: Dataset, *, pixels_cleaned: bool = False) -> tuple[_Walk, str]:
+    def deidentify_dataset(
+        self, ds: Dataset, *, pixels_cleaned: bool = False, context: PatientContext | None = None
+    ) -> tuple[_Walk, str]:
         """De-identify ``ds`` in place; returns the walk state and the patient pseudonym."""
-        ctx = patient_context(ds, self.key)
+        ctx = context if context is not None else patient_context(ds, self.key)
         shift = ctx.date_shift_days if self.profile.retain_long_modified_dates else None
         w = _Walk(self.profile, self.key, self.text, ctx, shift)
-        w.known_re = _known_regex(ctx)
+        w.known = _known_matcher(ctx)
         original_pid = str(ds.get("PatientID", "") or "").strip()
         pseudonym = self.key.pseudonym(ctx.patient_key or "unknown")
         if self.vault is not None and original_pid:
@@ -581,43 +650,59 @@ def write_dicom(ds: Dataset, *, original: Dataset | None = None) -> bytes:
     return buf.getvalue()
 
 
-def find_residual(data: bytes, ctx: PatientContext) -> list[str]:
-    """Tags (as ``GGGGEEEE`` paths) whose value still contains a known identifier."""
+def find_residual(ds: Dataset, out: bytes, ctx: PatientContext) -> list[str]:
+    """Element paths (``GGGGEEEE[i].GGGGEEEE``) whose value still holds a known identifier,
+    checked on the decoded data set and, for every encoding a value could take, on the raw
+    output bytes outside the pixel data."""
     values = [v for v in (*ctx.names, *ctx.identifiers) if len(v) >= 3]
     if not values:
         return []
-    rx = _identifier_regex(values)
-    enc = []
+    matcher = KnownMatcher(values)
+    hits: list[str] = []
+
+    def scan(d: Dataset, path: str) -> None:
+        for tag, raw in list(d._dict.items()):
+            if tag == PIXEL_DATA or (
+                isinstance(raw, RawDataElement) and _raw_vr(raw) in _SKIP_VRS - {"OB", "UN"}
+            ):
+                continue
+            e = d[tag]
+            p = f"{path}{int(e.tag):08X}"
+            if e.VR == "SQ":
+                for i, item in enumerate(e.value):
+                    scan(item, f"{p}[{i}].")
+            elif isinstance(e.value, (bytes, bytearray)):
+                if matcher.spans(bytes(e.value).decode("latin-1")):
+                    hits.append(p)
+            elif e.VR != "UI" and any(matcher.spans(s) for s in _str_values(e)):
+                hits.append(p)
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        scan(meta, "")
+    scan(ds, "")
+    pixels = ds.get("PixelData")
+    head = out
+    if isinstance(pixels, (bytes, bytearray)) and len(pixels) > 64:
+        # Pixel bytes can contain any pattern by chance: search everything but them.
+        if out.endswith(pixels):
+            head = out[: len(out) - len(pixels)]
+        else:
+            k = out.find(pixels)
+            if k > 0:
+                head = out[:k] + out[k + len(pixels) :]
+    head_lower = head.lower()
     for v in values:
+        if v.isascii() and v.isalnum() and v.isdigit():
+            continue  # digit strings are checked on decoded values (UIDs hold digits)
         for codec in ("utf-8", "gb18030", "big5", "utf-16-le"):
             try:
                 b = v.encode(codec)
             except (UnicodeEncodeError, LookupError):
                 continue
-            if len(b) >= 4:
-                enc.append(b)
-    hits: list[str] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
-
-    def scan(d: Dataset, path: str) -> None:
-        for e in d:
-            p = f"{path}{int(e.tag):08X}"
-            if e.tag == PIXEL_DATA:
-                continue
-            if e.VR == "SQ":
-                for i, item in enumerate(e.value):
-                    scan(item, f"{p}[{i}].")
-            elif isinstance(e.value, (bytes, bytearray)):
-                if any(b in e.value for b in enc):
-                    hits.append(p)
-            else:
-                if any(rx.search(s) for s in _str_values(e)):
-                    hits.append(p)
-
-    scan(ds.file_meta, "")
-    scan(ds, "")
+            if len(b) >= 4 and (b in head or (b.isascii() and b.lower() in head_lower)):
+                hits.append(f"raw:{codec}")
+                break
     return hits
 
 
@@ -653,9 +738,9 @@ def deidentify_dicom(
             raise UnsafeOutputError(
                 "burned-in text suspected and no OCR configured", reason="ocr_required"
             )
-        w, pseudonym = deid.deidentify_dataset(ds, pixels_cleaned=pixels_cleaned)
+        w, pseudonym = deid.deidentify_dataset(ds, pixels_cleaned=pixels_cleaned, context=ctx)
         out = write_dicom(ds)
-        residual = find_residual(out, w.ctx)
+        residual = find_residual(ds, out, w.ctx)
         if residual:
             raise UnsafeOutputError(
                 f"identifier still present in {len(residual)} element(s): "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import cached_property
 from typing import Any
 
 # CID 7050 "De-identification Method" codes (DCM scheme) for the options this engine applies.
@@ -143,10 +144,14 @@ class DeidProfile:
         """Canonical JSON used for hashing and storage."""
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
-    def fingerprint(self) -> str:
-        """``<name>@v<version>#<sha256 prefix>``: names the exact settings in every result."""
+    @cached_property
+    def _fingerprint(self) -> str:
         h = hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
         return f"{self.name}@v{self.version}#{h}"
+
+    def fingerprint(self) -> str:
+        """``<name>@v<version>#<sha256 prefix>``: names the exact settings in every result."""
+        return self._fingerprint
 
     def diff(self, other: DeidProfile) -> list[str]:
         """Readable list of changed settings, e.g. ``ocr.min_score: 0.5 -> 0.6``."""

@@ -162,6 +162,29 @@ def fold(text: str) -> str:
     return "".join(out)
 
 
+_SEPARATORS = frozenset(" \t\r\n^,\u3000")
+
+
+def _normalise(text: str) -> tuple[str, list[int]]:
+    """Lower-cased text with separator runs (spaces, ``^``, commas) collapsed to one space,
+    and the index of each kept character in the original: "ZHANG^^WEI" ~ "zhang wei"."""
+    out: list[str] = []
+    index: list[int] = []
+    prev_sep = False
+    for i, ch in enumerate(text):
+        if ch in _SEPARATORS:
+            if not prev_sep:
+                out.append(" ")
+                index.append(i)
+            prev_sep = True
+            continue
+        prev_sep = False
+        low = ch.lower()
+        out.append(low if len(low) == 1 else ch)
+        index.append(i)
+    return "".join(out), index
+
+
 _LEARNED_ID_TYPES = {"MEDICAL_ID", "RESIDENT_ID", "PATIENT_ID", "PHONE", "EMAIL"}
 
 
@@ -181,19 +204,24 @@ class TextDeidentifier:
         ]
         for typ, value in ctx.learned:
             groups.append(("PERSON_KNOWN" if typ == "PERSON" else typ, (value,)))
+        norm, index = _normalise(text)
         for typ, values in groups:
             prio = PRIORITY["PATIENT_ID"] if typ not in PRIORITY else max(PRIORITY[typ], 98)
             for v in values:
-                # Whitespace-insensitive and case-insensitive: "ZHANG  WEI", "zhang wei".
-                parts = [re.escape(p) for p in re.split(r"[\s^]+", v) if p]
-                if not parts:
+                needle, _ = _normalise(v.strip())
+                needle = needle.strip()
+                if len(needle) < 2:
                     continue
-                pat = r"[\s^,]*".join(parts)
-                if re.fullmatch(r"[\w\-]+", v, re.ASCII):
-                    pat = rf"(?<![A-Za-z0-9]){pat}(?![A-Za-z0-9])"
-                for m in re.finditer(pat, text, re.IGNORECASE):
-                    key = v.lower()
-                    hits.append(Hit(typ, m.start(), m.end(), key, prio))
+                bounded = bool(re.fullmatch(r"[\w\- ]+", needle, re.ASCII))
+                i = norm.find(needle)
+                while i >= 0:
+                    j = i + len(needle)
+                    if not bounded or (
+                        (i == 0 or not norm[i - 1].isascii() or not norm[i - 1].isalnum())
+                        and (j == len(norm) or not norm[j].isascii() or not norm[j].isalnum())
+                    ):
+                        hits.append(Hit(typ, index[i], index[j - 1] + 1, v.lower(), prio))
+                    i = norm.find(needle, i + 1)
         return hits
 
     def _mask(self, typ: str, key: str, scope: str, counter: dict[tuple[str, str], str]) -> str:

@@ -462,7 +462,8 @@ _RE_DEPT_ZH = _rx(rf"(?:{_DEPT_ALT})科(?:[一二三四五六七八九十\d]+病
 _RE_DEPT_EN = _rx(r"\bDepartment of (?:[A-Z][a-z]+(?:\s(?:and|&)\s)?\s?){1,4}")
 _RE_WARD = [
     _rx(r"[\d一二三四五六七八九十]{1,3}号?(?:病区|病房)"),
-    _rx(rf"[{CJK}]{{1,4}}?(?:监护室|病区)"),
+    # Named wards (心内一病区); an ICU stay (重症监护室) is clinical context, not a place name.
+    _rx(rf"[{CJK}]{{1,4}}?[一二三四五六七八九十\d]病区"),
     _rx(r"\b[Ww]ard\s*\d+[A-Z]?\b|\b[A-Z][a-z]+ Ward\b"),
 ]
 

@@ -1,0 +1,74 @@
+"""Forms of the de-identification pages: start a run, re-identify a pseudonym."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+from django.utils.translation import gettext_lazy as _
+
+from apps.deid import services
+from apps.deid.engine import DeidProfile
+from apps.inventory.models import IngestBatch
+
+
+class BatchChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: IngestBatch) -> str:
+        return _("Batch %(id)s · %(source)s · %(n)s files · %(status)s") % {
+            "id": obj.pk,
+            "source": obj.source.source,
+            "n": obj.files_total,
+            "status": obj.get_status_display(),
+        }
+
+
+class StartRunForm(forms.Form):
+    """Pick an ingest batch and, optionally, a profile (JSON, as ``DeidProfile.to_dict``)."""
+
+    batch = BatchChoiceField(
+        label=_("Ingest batch"),
+        queryset=IngestBatch.objects.exclude(status=IngestBatch.Status.RUNNING)
+        .select_related("source")
+        .order_by("-created"),
+    )
+    profile = forms.CharField(
+        label=_("Profile (JSON)"),
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 8, "class": "mono", "spellcheck": "false"}),
+        help_text=_("Leave empty for the default profile. Unknown keys are refused."),
+    )
+
+    def clean_profile(self) -> DeidProfile | None:
+        text = (self.cleaned_data.get("profile") or "").strip()
+        if not text:
+            return None
+        try:
+            data: Any = json.loads(text)
+        except ValueError as exc:
+            raise forms.ValidationError(_("Not valid JSON: %(err)s") % {"err": exc}) from None
+        try:
+            return services.profile_from_data(data)
+        except services.DeidServiceError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
+class RevealForm(forms.Form):
+    """A pseudonym and the reason it must be re-identified (kept in the reveal log)."""
+
+    pseudonym = forms.RegexField(
+        label=_("Pseudonym"),
+        max_length=80,
+        regex=r"^[A-Za-z0-9]{4,80}$",
+        widget=forms.TextInput(attrs={"autocomplete": "off", "class": "mono"}),
+    )
+    reason = forms.CharField(
+        label=_("Reason"),
+        min_length=services.REVEAL_REASON_MIN_LENGTH,
+        max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text=_(
+            "Why re-identification is necessary (ethics approval, consent withdrawal, "
+            "incident number). Recorded with your name; the audit trail keeps its hash."
+        ),
+    )
