@@ -172,3 +172,30 @@ def test_the_app_registers_its_page_for_auditors_and_privacy_officers():
     assert "audit" in [i.key for i in navigation.items_for(frozenset({AUDITOR}))]
     assert "audit" in [i.key for i in navigation.items_for(frozenset({PRIVACY}))]
     assert "audit" not in [i.key for i in navigation.items_for(frozenset({OPERATOR}))]
+
+
+def test_postgresql_builds_the_same_message_as_python(on_postgres, events, clock):
+    """verify_chain lets PostgreSQL assemble each message; it must match event_message()."""
+    from django.db.models.expressions import RawSQL
+
+    from apps.audit.services import PG_MESSAGE_SQL, event_message
+
+    clock.set(2026, 1, 1, 0, 0)  # a whole second: microseconds must still print as .000000
+    events(1, actor=None)
+    with bound_context("req-0123456789", "2001:db8::1"):
+        events(1, actor=7, pre={"a": 1}, post={"a": 2}, details={"ids": [1, 2], "x": "é"})
+    rows = AuditEvent.objects.annotate(message=RawSQL(PG_MESSAGE_SQL, ())).order_by("seq")  # noqa: S611
+    for e in rows:
+        assert e.message.encode() == event_message(
+            e.seq,
+            e.prev_digest,
+            e.timestamp,
+            e.user_id,
+            e.action,
+            e.resource,
+            e.pre_hash,
+            e.post_hash,
+            e.request_id,
+            e.client_ip,
+            e.details_json,
+        )

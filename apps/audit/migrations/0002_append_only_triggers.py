@@ -3,6 +3,10 @@
 The application never issues these statements; the triggers stop everyone else (a script, a
 mistaken admin query, a compromised app role without the table-owner rights to drop them).
 The hash chain and the daily digests catch what the triggers cannot (a superuser).
+
+Careful with later migrations of this table on SQLite: an AlterField there rebuilds the table
+and silently drops these triggers, so such a migration must re-run ``install`` afterwards
+(tests/audit/test_tamper.py fails if the triggers are missing).
 """
 
 from django.db import migrations
