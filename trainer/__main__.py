@@ -72,6 +72,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Load a checkpoint's config and weights; perplexity over the held-out samples."""
     from trainer.checkpoint import read_manifest, verify
     from trainer.config import config_from_dict, replace
+    from trainer.engines import load_model_weights
     from trainer.train import build_run
 
     path = Path(args.checkpoint)
@@ -80,22 +81,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"{path}: {reason}")
     manifest = read_manifest(path)
     cfg = config_from_dict(manifest["config"])
+    # One process, fp32, whatever engine and world size wrote the checkpoint.
     cfg = replace(
         cfg,
         data={"path": args.data or cfg.data.path, "eval_samples": args.samples, "cache_dir": ""},
+        parallel={"engine": "single", "precision": "fp32", "offload_optimizer": False,
+                  "offload_params": False},
         checkpoint={"save_dir": "", "resume": ""},
         metrics_port=0,
         metrics_jsonl="",
         eval_batches=max(1, math.ceil(args.samples / cfg.data.micro_batch_size)),
-    )
+    )  # fmt: skip
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        os.environ.pop(key, None)
     run = build_run(cfg)
     try:
-        run.engine.load_state(path)
+        load_model_weights(path, run.engine.raw, manifest["engine"])
         result = run.trainer.evaluate()
     finally:
         run.close()
     report = {
         "checkpoint": str(path),
+        "engine": manifest["engine"],
         "step": manifest["step"],
         "samples": args.samples,
         "loss": result["training_eval_loss"],

@@ -435,6 +435,36 @@ class DeepSpeedEngine(Engine):
             set_rng_state(torch.load(rng, weights_only=False))
 
 
+def load_model_weights(directory: Path, model: nn.Module, engine: str) -> None:
+    """Load the weights of a checkpoint written by any engine into a plain, unwrapped model.
+
+    Lets ``python -m trainer evaluate`` (one process) read FSDP2 and DeepSpeed checkpoints
+    whatever world size wrote them: DCP reshards, DeepSpeed ZeRO shards are consolidated with
+    its own ``zero_to_fp32`` helper.
+    """
+    directory = Path(directory)
+    if engine in ("single", "ddp"):
+        state = torch.load(directory / "model.pt", map_location="cpu")
+    elif engine == "fsdp2":
+        import torch.distributed.checkpoint as dcp
+
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        box = {"model": state}
+        dcp.load(box, checkpoint_id=str(directory / "dcp"), no_dist=True)
+        state = box["model"]
+    elif engine == "deepspeed":
+        single = directory / "deepspeed" / "mp_rank_00_model_states.pt"
+        if single.exists():  # ZeRO stage 0: whole module in one file
+            state = torch.load(single, map_location="cpu", weights_only=False)["module"]
+        else:
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+            state = get_fp32_state_dict_from_zero_checkpoint(str(directory), tag="deepspeed")
+    else:
+        raise ValueError(f"{directory}: unknown engine {engine!r} in its manifest")
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+
+
 def init_engine(cfg: TrainConfig) -> Engine:
     """Start the process group the engine needs and build it (validates parallel dims)."""
     rank, local_rank, world = dist_env()

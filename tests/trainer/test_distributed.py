@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from trainer.__main__ import main
 from trainer.checkpoint import verify
 from trainer.train import build_run
 
@@ -35,50 +36,75 @@ def launch(python, repo, env, port, dataset, save_dir, engine, *extra) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
 
+def perplexity(checkpoint: Path, out: Path) -> float:
+    """``python -m trainer evaluate`` in this process (one process, any engine's checkpoint)."""
+    assert (
+        main(["evaluate", "--checkpoint", str(checkpoint), "--samples", "8", "--out", str(out)])
+        == 0
+    )
+    return json.loads(out.read_text())["perplexity"]
+
+
 @pytest.fixture(scope="module")
-def single_losses(dataset) -> list[float]:
+def single(dataset, tmp_path_factory) -> dict:
+    """Losses and final held-out perplexity of the single-process reference run."""
     from trainer.config import load_config
 
+    save = tmp_path_factory.mktemp("single")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    cfg = load_config("tiny", [f"data.path={dataset}", f"optim.max_steps={STEPS}"])
+    cfg = load_config(
+        "tiny", [f"data.path={dataset}", f"optim.max_steps={STEPS}", f"checkpoint.save_dir={save}"]
+    )
     run = build_run(cfg)
     try:
         run.trainer.train()
-        return run.trainer.losses
+        losses = run.trainer.losses
     finally:
         run.close()
         torch.set_num_threads(threads)
+    return {"losses": losses, "ppl": perplexity(save / "step-000006", save / "eval.json")}
 
 
 @pytest.mark.parametrize(
     ("engine", "extra"),
     [
         ("ddp", ["--set", "data.micro_batch_size=2"]),
-        ("fsdp2", ["--set", "data.micro_batch_size=1", "--set", "data.grad_accum_steps=2"]),
+        (
+            "fsdp2",
+            [
+                *("--set", "data.micro_batch_size=1", "--set", "data.grad_accum_steps=2"),
+                *("--set", "model.activation_checkpointing=true"),
+            ],
+        ),
         ("deepspeed", ["--zero-stage", "2", "--set", "data.micro_batch_size=2"]),
     ],
 )
 def test_engines_on_two_ranks_match_the_single_process_loss(
-    engine, extra, dataset, tmp_path, single_losses, python, repo, sub_env, free_port
+    engine, extra, dataset, tmp_path, single, python, repo, sub_env, free_port
 ) -> None:
     launch(python, repo, sub_env, free_port, dataset, tmp_path, engine, *extra)
-    assert losses_of(tmp_path) == pytest.approx(single_losses, abs=2e-4)
-    manifest = json.loads((tmp_path / "step-000006" / "manifest.json").read_text())
+    assert losses_of(tmp_path) == pytest.approx(single["losses"], abs=2e-4)
+    final = tmp_path / "step-000006"
+    manifest = json.loads((final / "manifest.json").read_text())
     assert (manifest["engine"], manifest["world_size"]) == (engine, 2)
-    assert verify(tmp_path / "step-000006")[0]
+    assert verify(final)[0]
+    # The sharded checkpoint evaluates in one process to the reference model's perplexity.
+    assert perplexity(final, tmp_path / "eval.json") == pytest.approx(single["ppl"], rel=1e-3)
 
 
 def test_deepspeed_zero3_matches_single_and_resumes_from_its_checkpoint_exactly(
-    dataset, tmp_path, single_losses, python, repo, sub_env, free_port
+    dataset, tmp_path, single, python, repo, sub_env, free_port
 ) -> None:
     # The first DeepSpeed launch on a machine JIT-builds its shm comm op (30-110 s).
     extra = ["--zero-stage", "3", "--set", "data.micro_batch_size=1"]
-    extra += ["--set", "data.grad_accum_steps=2"]
+    extra += ["--set", "data.grad_accum_steps=2", "--set", "model.activation_checkpointing=true"]
     full = tmp_path / "full"
     launch(python, repo, sub_env, free_port, dataset, full, "deepspeed", *extra)
     full_losses = losses_of(full)
-    assert full_losses == pytest.approx(single_losses, abs=2e-4)
+    assert full_losses == pytest.approx(single["losses"], abs=2e-4)
+    ppl = perplexity(full / "step-000006", tmp_path / "eval.json")
+    assert ppl == pytest.approx(single["ppl"], rel=1e-3)
     step3 = full / "step-000003"
     assert verify(step3)[0]
     assert (step3 / "deepspeed").is_dir()
