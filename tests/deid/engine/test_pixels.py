@@ -171,6 +171,7 @@ def _font() -> str:
     pytest.skip("no CJK font installed (apt: fonts-wqy-zenhei or fonts-noto-cjk)")
 
 
+@pytest.mark.slow
 def test_real_ocr_masks_rendered_chinese_and_english_text(make_dataset, dataset_bytes) -> None:
     from PIL import Image, ImageDraw, ImageFont
 

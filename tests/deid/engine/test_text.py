@@ -233,3 +233,11 @@ def test_names_after_context_words_are_caught(surname, given_name, cue) -> None:
     name = surname + given_name
     out = clean(f"{cue}{name}，男，45岁。")
     assert name not in out
+
+
+def test_a_name_introduced_with_a_cue_is_removed_where_it_recurs() -> None:
+    out = clean(
+        "患者张伟，男，45岁。张伟否认高血压病史。Patient: John Smith. John Smith denies pain."
+    )
+    assert "张伟" not in out and "John Smith" not in out
+    assert "否认高血压病史" in out and "denies pain" in out

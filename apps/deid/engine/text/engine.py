@@ -284,6 +284,25 @@ class TextDeidentifier:
         )
         hits.extend(self._known_hits(folded, ctx))
         chosen = resolve(hits)
+        # A name or ID introduced with a cue ("患者张伟") is removed where it recurs without one
+        # ("张伟否认…"): search the note again for what the first pass found.
+        learned: set[tuple[str, str]] = set()
+        for h in chosen:
+            value = folded[h.start : h.end].strip()
+            if h.type == "PERSON" and len(value) >= 2:
+                learned.add(("PERSON", value))
+            elif h.type in _LEARNED_ID_TYPES and len(value) >= 4:
+                learned.add((h.type, value))
+        learned -= set(ctx.learned)
+        if learned:
+            extra = PatientContext(learned=tuple(sorted(learned)))
+            again = [
+                k
+                for k in self._known_hits(folded, extra)
+                if not any(c.start <= k.start and k.end <= c.end for c in chosen)
+            ]
+            if again:
+                chosen = resolve(chosen + again)
         shift = ctx.date_shift_days if self.settings.shift_dates else None
         out: list[str] = []
         findings: list[Finding] = []

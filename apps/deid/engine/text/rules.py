@@ -192,7 +192,13 @@ def _month_like(m: int, like: str) -> str:
     return out
 
 
-def _date_hits(text: str) -> Iterator[Hit]:
+_DateRule = tuple[re.Pattern[str], Callable[[re.Match[str]], "Hit | None"]]
+
+
+def _build_date_rules() -> list[_DateRule]:
+    """Compiled once at import: (pattern, handler) pairs; handlers build a Hit whose
+    replacement re-renders the shifted date in the matched format."""
+
     def mk(m: re.Match[str], dt: date | None, build: Callable[[date], str]) -> Hit | None:
         if dt is None:
             return None
@@ -346,7 +352,14 @@ def _date_hits(text: str) -> Iterator[Hit]:
         )
     )
 
-    for rx, fn in pats:
+    return pats
+
+
+_DATE_RULES = _build_date_rules()
+
+
+def _date_hits(text: str) -> Iterator[Hit]:
+    for rx, fn in _DATE_RULES:
         for m in rx.finditer(text):
             hit = fn(m)
             if hit is not None:
@@ -354,15 +367,17 @@ def _date_hits(text: str) -> Iterator[Hit]:
 
 
 # --------------------------------------------------------------------------------------
+_AGE_RULES = [
+    _rx(r"(?<![\d.])(\d{2,3})\s*(?:周岁|岁)"),
+    _rx(r"(?:年龄|Age|age|AGE)\s*[:：]?\s*(\d{2,3})(?!\.?\d)"),
+    _rx(r"\b(\d{2,3})[- ](?:years?|yrs?)[- ]old\b", re.IGNORECASE),
+    _rx(r"\b(\d{2,3})\s*(?:y/o|yo|y\.o\.)", re.IGNORECASE),
+    _rx(r"\b0?(\d{2,3})Y\b"),
+]
+
+
 def _age_hits(text: str, threshold: int) -> Iterator[Hit]:
-    rxs = [
-        _rx(r"(?<![\d.])(\d{2,3})\s*(?:周岁|岁)"),
-        _rx(r"(?:年龄|Age|age|AGE)\s*[:：]?\s*(\d{2,3})(?!\.?\d)"),
-        _rx(r"\b(\d{2,3})[- ](?:years?|yrs?)[- ]old\b", re.IGNORECASE),
-        _rx(r"\b(\d{2,3})\s*(?:y/o|yo|y\.o\.)", re.IGNORECASE),
-        _rx(r"\b0?(\d{2,3})Y\b"),
-    ]
-    for rx in rxs:
+    for rx in _AGE_RULES:
         for m in rx.finditer(text):
             n = int(m.group(1))
             if n > threshold:
@@ -583,9 +598,40 @@ def _person_hits(text: str) -> Iterator[Hit]:
 
 
 # --------------------------------------------------------------------------------------
+_HAS_DIGIT = re.compile(r"[0-9]")
+
+
 def find_hits(text: str, *, detect_names: bool = True, age_threshold: int = 89) -> list[Hit]:
-    """All rule hits over ``text`` (overlapping; see :func:`resolve`)."""
+    """All rule hits over ``text`` (overlapping; see :func:`resolve`).
+
+    Families that cannot match are skipped by cheap gates (no digit, no ``@``, no ``://``):
+    most DICOM strings are short and digit-free, and the walk calls this for each of them.
+    """
     hits: list[Hit] = []
+    digits = _HAS_DIGIT.search(text) is not None
+    if digits:
+        _numeric_hits(text, hits, age_threshold)
+    if "@" in text:
+        for m in _RE_EMAIL.finditer(text):
+            hits.append(Hit("EMAIL", m.start(), m.end(), m.group(0).lower(), PRIORITY["EMAIL"]))
+    low = text.lower()
+    if "://" in low or "www." in low:
+        for m in _RE_URL.finditer(text):
+            end = m.end()
+            while end > m.start() and text[end - 1] in ".,;:!?":
+                end -= 1
+            hits.append(Hit("URL", m.start(), end, text[m.start() : end].lower(), PRIORITY["URL"]))
+    if ":" in text:
+        for m in _RE_IPV6.finditer(text):
+            hits.append(Hit("IP", m.start(), m.end(), m.group(0).lower(), PRIORITY["IP"]))
+    hits.extend(_address_hits(text))
+    hits.extend(_org_hits(text))
+    if detect_names:
+        hits.extend(_person_hits(text))
+    return hits
+
+
+def _numeric_hits(text: str, hits: list[Hit], age_threshold: int) -> None:
     for m in _RE_RESIDENT_18.finditer(text):
         key = re.sub(r"[ -]", "", m.group(0)).upper()
         hits.append(Hit("RESIDENT_ID", m.start(), m.end(), key, PRIORITY["RESIDENT_ID"]))
@@ -611,16 +657,8 @@ def find_hits(text: str, *, detect_names: bool = True, age_threshold: int = 89) 
         key = re.sub(r"\D", "", m.group(1))
         if len(key) >= 7:
             hits.append(Hit("PHONE", m.start(1), m.end(1), key[-11:], PRIORITY["PHONE"]))
-    for m in _RE_EMAIL.finditer(text):
-        hits.append(Hit("EMAIL", m.start(), m.end(), m.group(0).lower(), PRIORITY["EMAIL"]))
-    for m in _RE_URL.finditer(text):
-        end = m.end()
-        while end > m.start() and text[end - 1] in ".,;:!?":
-            end -= 1
-        hits.append(Hit("URL", m.start(), end, text[m.start() : end].lower(), PRIORITY["URL"]))
-    for rx in (_RE_IPV4, _RE_IPV6):
-        for m in rx.finditer(text):
-            hits.append(Hit("IP", m.start(), m.end(), m.group(0).lower(), PRIORITY["IP"]))
+    for m in _RE_IPV4.finditer(text):
+        hits.append(Hit("IP", m.start(), m.end(), m.group(0).lower(), PRIORITY["IP"]))
     for m in _RE_MEDICAL_ID.finditer(text):
         hits.append(
             Hit("MEDICAL_ID", m.start(1), m.end(1), m.group(1).upper(), PRIORITY["MEDICAL_ID"])
@@ -632,11 +670,6 @@ def find_hits(text: str, *, detect_names: bool = True, age_threshold: int = 89) 
         hits.append(Hit("ID_NUMBER", m.start(), m.end(), m.group(0), PRIORITY["ID_NUMBER"]))
     hits.extend(_date_hits(text))
     hits.extend(_age_hits(text, age_threshold))
-    hits.extend(_address_hits(text))
-    hits.extend(_org_hits(text))
-    if detect_names:
-        hits.extend(_person_hits(text))
-    return hits
 
 
 def resolve(hits: list[Hit]) -> list[Hit]:
