@@ -220,18 +220,38 @@ def _validated_context() -> tuple[str, str]:
     return request_id, client_ip
 
 
-def _lock_chain(alias: str) -> None:
-    """Serialize appends so two writers never read the same head (which would fork the chain).
+_HEAD_SQL = "SELECT seq, digest, timestamp FROM audit_auditevent ORDER BY seq DESC LIMIT 1"
 
-    PostgreSQL: a transaction-scoped advisory lock, released at commit or rollback; the head is
-    read after it is granted, so it sees the previous holder's committed event. SQLite: the
-    settings open every transaction with BEGIN IMMEDIATE, which already holds the write lock.
-    The unique ``seq`` is the backstop either way.
+
+def _locked_head(alias: str) -> tuple[int, str, datetime] | None:
+    """Take the chain lock, then read the head: (seq, digest, timestamp) or None when empty.
+
+    Appends are serialized so two writers never read the same head (which would fork the
+    chain). PostgreSQL: a transaction-scoped advisory lock, released at commit or rollback.
+    Both statements go in one round trip (the lock is held through the caller's commit, so
+    every round trip in here costs all waiting writers); in READ COMMITTED the second
+    statement takes its snapshot after the lock is granted, so it sees the previous holder's
+    committed event. SQLite: the settings open every transaction with BEGIN IMMEDIATE, which
+    already holds the write lock. The unique ``seq`` is the backstop either way.
     """
     conn = connections[alias]
-    if conn.vendor == "postgresql":
-        with conn.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [CHAIN_LOCK_KEY])
+    with conn.cursor() as cursor:
+        if conn.vendor == "postgresql":
+            # No parameters: psycopg sends it as one simple query, both statements at once.
+            cursor.execute(f"SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY:d}); {_HEAD_SQL}")
+            cursor.nextset()
+        else:
+            cursor.execute(_HEAD_SQL)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    seq, digest, ts = row
+    # SQLite through a raw cursor gives Django's naive UTC (or its text form).
+    if isinstance(ts, str):
+        ts = datetime.fromisoformat(ts)
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return seq, digest, ts
 
 
 def record(
@@ -272,13 +292,7 @@ def record(
     pre_hash, post_hash = state_hash(pre), state_hash(post)
     request_id, client_ip = _validated_context()
 
-    _lock_chain(alias)
-    head = (
-        AuditEvent.objects.using(alias)
-        .order_by("-seq")
-        .values_list("seq", "digest", "timestamp")
-        .first()
-    )
+    head = _locked_head(alias)
     seq, prev_digest, ts = 1, GENESIS_DIGEST, timezone.now()
     if head is not None:
         seq, prev_digest = head[0] + 1, head[1]
