@@ -273,3 +273,8 @@ def test_the_list_query_count_does_not_grow_with_the_page(
     auditor.get(PAGE)  # warm the session and role caches
     with django_assert_max_num_queries(12):
         auditor.get(PAGE)
+
+
+def test_the_page_speaks_chinese(auditor):
+    response = auditor.get(PAGE, HTTP_ACCEPT_LANGUAGE="zh-hans")
+    assert "审计日志" in response.content.decode()
