@@ -20,6 +20,7 @@ from .vault import PseudonymVault
 
 _MON = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]
 ANON_EDF_DATE = "01.01.85"  # the EDF+ convention for an anonymised start date
+_ANNOTATION_LABELS = ("EDF Annotations", "BDF Annotations")
 
 
 def _field(raw: bytes, start: int, length: int) -> str:
@@ -88,7 +89,9 @@ def deidentify_edf(
         nsamp = [int(_field(data, off + i * 8, 8)) for i in range(ns)]
     except ValueError:
         raise CorruptInputError("non-numeric samples per record", reason="edf_bad_header") from None
-    rec_bytes = 2 * sum(nsamp)
+    # BDF (BioSemi) stores 24-bit samples and marks itself with 0xFF "BIOSEMI".
+    width = 3 if data[:1] == b"\xff" else 2
+    rec_bytes = width * sum(nsamp)
     body = len(data) - header_bytes
     if rec_bytes <= 0 or (nrec >= 0 and body != nrec * rec_bytes) or body % rec_bytes:
         raise CorruptInputError(
@@ -133,18 +136,18 @@ def deidentify_edf(
     ann_text = []
     for r in range(nrec):
         rstart = header_bytes + r * rec_bytes
-        for i in [j for j, lab in enumerate(labels) if lab == "EDF Annotations"]:
-            a = rstart + 2 * sum(nsamp[:i])
-            ann_text.append(data[a : a + 2 * nsamp[i]].decode("utf-8", "replace"))
+        for i in [j for j, lab in enumerate(labels) if lab in _ANNOTATION_LABELS]:
+            a = rstart + width * sum(nsamp[:i])
+            ann_text.append(data[a : a + width * nsamp[i]].decode("utf-8", "replace"))
     ctx = text.learn("\n".join(ann_text).replace("\x14", " ").replace("\x00", " "), ctx)
-    offsets = np.cumsum([0] + [2 * n for n in nsamp])
-    ann = [i for i, lab in enumerate(labels) if lab == "EDF Annotations"]
+    offsets = np.cumsum([0] + [width * n for n in nsamp])
+    ann = [i for i, lab in enumerate(labels) if lab in _ANNOTATION_LABELS]
     for r in range(nrec):
         rstart = header_bytes + r * rec_bytes
         for i in ann:
             a, b = rstart + int(offsets[i]), rstart + int(offsets[i + 1])
             out[a:b] = _clean_tals(bytes(data[a:b]), text, ctx, res)
-        if scrub_low_bits:
+        if scrub_low_bits and width == 2:
             mask = np.int16(~((1 << scrub_low_bits) - 1))
             for i in range(ns):
                 if i in ann:
@@ -152,7 +155,7 @@ def deidentify_edf(
                 a, b = rstart + int(offsets[i]), rstart + int(offsets[i + 1])
                 s = np.frombuffer(bytes(out[a:b]), dtype="<i2") & mask
                 out[a:b] = s.astype("<i2").tobytes()
-    if scrub_low_bits:
+    if scrub_low_bits and width == 2:
         res.actions["edf_low_bits_scrubbed"] += 1
     res.output = bytes(out)
     res.patient_pseudonym = pseudonym

@@ -180,3 +180,15 @@ def test_wfdb_annotation_aux_text_is_blanked() -> None:
     words += b"\x00\x00"
     out = deidentify_wfdb_annotations(words, key=KEY, context=PatientContext())
     assert len(out) == len(words) and b"13812345678" not in out and b"(AF)" in out
+
+
+def test_bdf_24_bit_records_are_handled() -> None:
+    data, _ = make_edf(plus=False, patient="Zhang Wei 19800307")
+    hb = int(data[184:192])
+    body = data[hb:]
+    # Re-pack the 16-bit samples as 24-bit little-endian and mark the file as BDF.
+    s16 = np.frombuffer(body, dtype="<i2").astype(np.int32)
+    b24 = b"".join(int(v & 0xFFFFFF).to_bytes(3, "little") for v in s16)
+    bdf = b"\xffBIOSEMI" + data[8:hb] + b24
+    res = deidentify_edf(bdf, key=KEY)
+    assert res.output[hb:] == b24 and b"Zhang" not in res.output

@@ -8,6 +8,7 @@ import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from ..keys import ProjectKey
 from ..profile import TextSettings
@@ -162,6 +163,13 @@ def fold(text: str) -> str:
     return "".join(out)
 
 
+@lru_cache(maxsize=16384)
+def _needle(value: str) -> tuple[str, bool]:
+    """Normalised search form of a known value, and whether it needs word boundaries."""
+    needle = _normalise(value.strip())[0].strip()
+    return needle, bool(re.fullmatch(r"[\w\- ]+", needle, re.ASCII))
+
+
 _SEPARATORS = frozenset(" \t\r\n^,\u3000")
 
 
@@ -208,11 +216,9 @@ class TextDeidentifier:
         for typ, values in groups:
             prio = PRIORITY["PATIENT_ID"] if typ not in PRIORITY else max(PRIORITY[typ], 98)
             for v in values:
-                needle, _ = _normalise(v.strip())
-                needle = needle.strip()
+                needle, bounded = _needle(v)
                 if len(needle) < 2:
                     continue
-                bounded = bool(re.fullmatch(r"[\w\- ]+", needle, re.ASCII))
                 i = norm.find(needle)
                 while i >= 0:
                     j = i + len(needle)
