@@ -2,7 +2,8 @@
 
 Commands:
   train       train a model (single process, or one process per rank under torchrun/srun)
-  evaluate    perplexity of a checkpoint on held-out data, written as a JSON report
+  evaluate    perplexity (and ROUGE/BLEU of generated reports) of a checkpoint, as JSON
+  metrics     AUC/sensitivity/specificity, Dice/mIoU, MAE/Pearson, ROUGE/BLEU from predictions
   params      parameter count of a preset (no memory allocated)
   ds-config   the DeepSpeed JSON a run would use
   tokenizer   train the byte-level BPE tokenizer on text files
@@ -98,6 +99,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         load_model_weights(path, run.engine.raw, manifest["engine"])
         result = run.trainer.evaluate()
+        text = None
+        if args.generate:
+            text = _report_generation(run, args.generate, args.max_new_tokens)
     finally:
         run.close()
     report = {
@@ -108,7 +112,42 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "loss": result["training_eval_loss"],
         "perplexity": result["training_eval_perplexity"],
     }
+    if text is not None:
+        report["report_generation"] = text
     text = json.dumps(report, indent=1)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+def _report_generation(run: object, count: int, max_new_tokens: int) -> dict[str, object]:
+    """ROUGE/BLEU of greedy reports for the first ``count`` held-out samples with text."""
+    from trainer.evaluation import generate_reports, text_metrics
+
+    loader = run.data.eval_loader  # type: ignore[attr-defined]
+    reader, collate = loader.reader, loader.collate
+    samples = [s for s in (reader[i] for i in range(len(reader))) if s.text][:count]
+    samples = samples[: min(count, run.cfg.data.eval_samples)]  # type: ignore[attr-defined]
+    model = run.engine.raw  # type: ignore[attr-defined]
+    predictions = generate_reports(model, collate, samples, max_new_tokens)
+    references = [s.text or "" for s in samples]
+    # Scores and sample keys only: generated text stays out of reports (no free text leaves).
+    return {
+        "samples": len(samples),
+        "keys": [s.key for s in samples],
+        **text_metrics(predictions, references),
+    }
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    """Seed 7.1 metrics from a JSONL file of prediction records."""
+    from trainer.evaluation import metrics_for
+
+    lines = Path(args.predictions).read_text().splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    result = {"task": args.task, "records": len(records), **metrics_for(args.task, records)}
+    text = json.dumps(result, indent=1)
     if args.out:
         Path(args.out).write_text(text)
     print(text)
@@ -181,7 +220,17 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="dataset folder (default: the one it was trained on)")
     e.add_argument("--samples", type=int, default=16, help="first N samples are held out")
     e.add_argument("--out", help="JSON report path")
+    e.add_argument("--generate", type=int, default=0, help="reports to generate for ROUGE/BLEU")
+    e.add_argument("--max-new-tokens", type=int, default=48, dest="max_new_tokens")
     e.set_defaults(func=cmd_evaluate)
+
+    m = sub.add_parser("metrics", help="seed 7.1 metrics from prediction records (JSONL)")
+    m.add_argument(
+        "--task", required=True, choices=["classification", "segmentation", "waveform", "text"]
+    )
+    m.add_argument("--predictions", required=True)
+    m.add_argument("--out")
+    m.set_defaults(func=cmd_metrics)
 
     pa = sub.add_parser("params", help="parameter count of a preset")
     pa.add_argument("--config", default="tiny")
