@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import serializers, viewsets
 from rest_framework.exceptions import ValidationError
 
@@ -34,6 +36,25 @@ class AuditEventSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+_FILTER_PARAMETERS = [
+    OpenApiParameter("user_id", OpenApiTypes.INT, description="events by this user id"),
+    OpenApiParameter(
+        "action",
+        OpenApiTypes.STR,
+        description="exact action, or a prefix ending in '.' (accounts.)",
+    ),
+    OpenApiParameter(
+        "resource",
+        OpenApiTypes.STR,
+        description="exact resource (accounts.user:17) or a kind (accounts.user)",
+    ),
+    OpenApiParameter("request_id", OpenApiTypes.STR, description="all events of one request"),
+    OpenApiParameter("since", OpenApiTypes.DATETIME, description="at or after (ISO 8601)"),
+    OpenApiParameter("until", OpenApiTypes.DATETIME, description="at or before (ISO 8601)"),
+]
+
+
+@extend_schema_view(list=extend_schema(parameters=_FILTER_PARAMETERS))
 class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
     """Audit events, newest first. Filters: ``user_id``, ``action`` (exact, or a prefix ending
     in '.'), ``resource`` (exact, or ``app.model`` for all of a kind), ``request_id``,

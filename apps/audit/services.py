@@ -272,6 +272,9 @@ def record(
 
     Raises ``AuditError`` when called outside ``transaction.atomic()``: an event committed on
     its own could describe a change that then rolled back, or be lost while the change stays.
+
+    Call it last in the transaction, just before commit: on PostgreSQL it takes the chain lock,
+    which every other writer then waits on until this transaction ends.
     """
     alias = router.db_for_write(AuditEvent) or DEFAULT_DB_ALIAS
     if not connections[alias].in_atomic_block:

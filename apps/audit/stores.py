@@ -13,6 +13,7 @@ does not exist yet.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 from collections.abc import Iterator
@@ -53,6 +54,9 @@ class DigestStore(Protocol):
         ...
 
 
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK}
+
+
 def _check_name(name: str) -> None:
     if not name or "/" in name or "\\" in name or name.startswith("."):
         raise DigestStoreError(f"bad digest name {name!r}", permanent=True)
@@ -79,7 +83,12 @@ class LocalDigestStore:
             try:
                 # link() refuses an existing target: the atomic "create once" (rename would
                 # silently replace it).
-                os.link(tmp, final)
+                try:
+                    os.link(tmp, final)
+                except OSError as exc:
+                    if isinstance(exc, FileExistsError) or exc.errno not in _NO_HARD_LINKS:
+                        raise
+                    self._create_exclusive(final, data)  # a filesystem without hard links
             except FileExistsError:
                 if final.read_bytes() == data:
                     return False, str(final)
@@ -95,6 +104,15 @@ class LocalDigestStore:
         finally:
             os.close(dir_fd)
         return True, str(final)
+
+    @staticmethod
+    def _create_exclusive(final: Path, data: bytes) -> None:
+        fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(final, 0o444)
 
     def items(self) -> Iterator[tuple[str, bytes]]:
         if not self.directory.is_dir():

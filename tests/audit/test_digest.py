@@ -261,3 +261,18 @@ def test_a_digest_is_recorded_in_the_callers_transaction_or_not_at_all(two_days,
     with pytest.raises(stores.DigestStoreError), transaction.atomic():
         write_daily_digest(DAY1)
     assert AuditEvent.objects.count() == count
+
+
+def test_a_filesystem_without_hard_links_still_gets_a_write_once_file(tmp_path, monkeypatch):
+    import errno
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    store = LocalDigestStore(tmp_path)
+    assert store.put("2026-03-01.json", b"one") == (True, str(tmp_path / "2026-03-01.json"))
+    assert stat.S_IMODE(os.stat(tmp_path / "2026-03-01.json").st_mode) == 0o444
+    assert store.put("2026-03-01.json", b"one")[0] is False
+    with pytest.raises(DigestConflict):
+        store.put("2026-03-01.json", b"two")
