@@ -49,9 +49,10 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Logging, config, build, train, close."""
+    cfg = load_config(args.config, _overrides(args))  # before importing torch: errors are fast
+
     from trainer.train import StopFlag, build_run
 
-    cfg = load_config(args.config, _overrides(args))
     stop = StopFlag()
     stop.install()
     run = build_run(cfg, stop)

@@ -394,9 +394,9 @@ def load_config(name: str, overrides: list[str] | None = None) -> TrainConfig:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def replace(cfg: TrainConfig, **sections: dict[str, Any]) -> TrainConfig:
-    """Copy of ``cfg`` with fields of sections replaced: ``replace(cfg, optim={"lr": 1e-4})``."""
-    raw = _merge(cfg.to_dict(), sections)
+def replace(cfg: TrainConfig, **changes: Any) -> TrainConfig:
+    """Validated copy of ``cfg``: ``replace(cfg, optim={"lr": 1e-4}, metrics_port=0)``."""
+    raw = _merge(cfg.to_dict(), changes)
     return config_from_dict(raw)
 
 

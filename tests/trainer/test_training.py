@@ -199,3 +199,18 @@ def test_cli_trains_and_resumes_latest(dataset, tmp_path, python, repo, sub_env)
     steps = [r["step"] for r in records if "training_loss" in r]
     assert steps == [1, 2, 3, 4, 5]
     assert os.path.isdir(tmp_path / "step-000005")
+
+
+@pytest.mark.slow
+def test_bf16_autocast_trains_on_cpu(dataset, tiny) -> None:
+    losses = run_losses(tiny(dataset, "", "optim.max_steps=8", "parallel.precision=bf16"))
+    assert losses[-1] < losses[0] - 1.0
+    assert all(x == x for x in losses)  # no NaN
+
+
+def test_a_config_error_exits_with_code_2_naming_the_key(dataset, python, repo, sub_env) -> None:
+    cmd = [str(python), "-m", "trainer", "train", "--data", str(dataset)]
+    cmd += ["--set", "optim.learning_rate=1"]
+    proc = subprocess.run(cmd, env=sub_env, cwd=repo, capture_output=True, text=True, check=False)
+    assert proc.returncode == 2
+    assert "learning_rate" in proc.stderr and "in optim" in proc.stderr
