@@ -23,6 +23,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 COLUMNS = ("source", "type", "avg_size_MB", "estimated_count", "owner", "consent_status", "notes")
+NUMERIC_COLUMNS = ("avg_size_MB", "estimated_count")
 FORMULA_CHARS = ("=", "+", "-", "@", "\t", "\r")
 TEXT_MARK = "'"
 MAX_BYTES = 5 * 1024 * 1024
@@ -191,6 +192,7 @@ def parse(text: str, *, type_codes: set[str], consent_codes: set[str]) -> list[P
         values = _row_values(
             start, dict(zip(COLUMNS, cells, strict=True)), row_errors, type_codes, consent_codes
         )
+        row_errors.sort(key=lambda e: COLUMNS.index(e.column) if e.column in COLUMNS else -1)
         if not row_errors:
             first = seen.setdefault(values["source"], start)
             if first != start:
@@ -217,6 +219,10 @@ def _row_values(
 
     text: dict[str, str] = {}
     for column, value in raw.items():
+        if column in NUMERIC_COLUMNS:
+            # Numbers are validated as numbers ("-2" is refused as negative, not as a formula).
+            text[column] = value
+            continue
         if value.startswith(FORMULA_CHARS):
             err(
                 column,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
@@ -98,7 +99,10 @@ def check_dicom(path: Path, modality: str, limits: dict[str, Any] | None = None)
     import pydicom
 
     try:
-        ds = pydicom.dcmread(path)
+        with warnings.catch_warnings():
+            # pydicom warns about damaged files with their path; the outcome says it instead.
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path)
     except Exception as exc:  # pydicom raises many types for damaged files
         return [Outcome.fail(DICOM_READABLE, ERROR, f"header {_dicom_failure(exc)}")]
     if "PixelData" not in ds and "FloatPixelData" not in ds:

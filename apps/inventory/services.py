@@ -101,7 +101,8 @@ class ScanError(ValueError):
 def source_state(source: DataSource) -> dict[str, Any]:
     """The audited state of a source (only its hash enters the trail)."""
     return {
-        name: (str(v) if isinstance(v := getattr(source, name), Decimal) else v)
+        # Decimals by value (2 == 2.000): a re-import of the same number changes nothing.
+        name: (csvfile.format_decimal(v) if isinstance(v := getattr(source, name), Decimal) else v)
         for name in EDITABLE_FIELDS
     }
 

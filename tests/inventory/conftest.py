@@ -163,3 +163,9 @@ def source(db, mixed_tree):
         consent_status="waived",
         raw_root=str(mixed_tree),
     )
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    # The cast fixture hashes seven passwords; the production hasher is slow on purpose.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -229,7 +229,9 @@ def test_the_task_runs_the_scan(source):
 def test_start_scan_queues_the_task_after_commit(source, django_capture_on_commit_callbacks):
     from unittest import mock
 
-    with mock.patch("apps.inventory.tasks.scan_source.delay") as delay:
-        with django_capture_on_commit_callbacks(execute=True):
-            batch = services.start_scan(source, acting_user=None)
+    with (
+        mock.patch("apps.inventory.tasks.scan_source.delay") as delay,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        batch = services.start_scan(source, acting_user=None)
     delay.assert_called_once_with(batch.pk)
