@@ -16,7 +16,7 @@ class ResultFilterForm(forms.Form):
     status = forms.ChoiceField(
         label=_("Status"),
         required=False,
-        choices=[("", _("Any"))] + list(DeidFileResult.Status.choices),
+        choices=[("", _("Any")), *DeidFileResult.Status.choices],
     )
     kind = forms.RegexField(label=_("Kind"), required=False, max_length=20, regex=r"^[a-z_]+$")
     flagged = forms.NullBooleanField(

@@ -25,3 +25,9 @@ def mixed(db, tmp_path, deid_keys):
     from tests.deid.factories import mixed_batch
 
     return mixed_batch(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings):
+    # The cast fixture hashes seven passwords per test; PBKDF2 costs seconds on this machine.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
