@@ -115,3 +115,43 @@ def test_deepspeed_zero3_matches_single_and_resumes_from_its_checkpoint_exactly(
         "--resume", str(step3),
     )  # fmt: skip
     assert losses_of(resumed) == full_losses[3:]  # bit-exact, steps 4-6
+
+
+def test_a_signal_to_one_rank_stops_every_rank_after_a_common_checkpoint(
+    dataset, tmp_path, python, repo, sub_env, free_port
+) -> None:
+    import signal
+    import time
+
+    import psutil
+
+    cmd = [str(python), "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    cmd += [f"--master_port={free_port}", "-m", "trainer", "train", "--config", "tiny"]
+    cmd += ["--engine", "ddp", "--data", str(dataset), "--save-dir", str(tmp_path)]
+    cmd += ["--max-steps", "100000", "--set", "checkpoint.interval=0"]
+    cmd += ["--set", "data.micro_batch_size=2"]
+    proc = subprocess.Popen(cmd, env=sub_env, cwd=repo, stderr=subprocess.PIPE, text=True)
+    try:
+        jsonl = tmp_path / "metrics.jsonl"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if jsonl.exists() and jsonl.read_text().count('"training_loss"') >= 3:
+                break
+            time.sleep(0.2)
+        workers = psutil.Process(proc.pid).children()
+        assert len(workers) == 2
+        # Only one rank hears the signal (as when Slurm signals a single task).
+        workers[-1].send_signal(signal.SIGUSR1)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # torchrun reports the worker's requeue code but exits 1 itself (see docs: prefer srun).
+    assert "exitcode  : 75" in stderr, stderr[-3000:]
+    folders = sorted(tmp_path.glob("step-*"))
+    assert len(folders) == 1, stderr[-3000:]
+    assert verify(folders[0])[0]
+    manifest = json.loads((folders[0] / "manifest.json").read_text())
+    assert manifest["world_size"] == 2 and manifest["step"] >= 3
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("event") == "stopped" for r in records)
