@@ -1,3 +1,318 @@
-"""API routes of this app, registered by controlplane/api.py: (prefix, viewset, basename)."""
+"""REST access to review: batches (and their gate), items, leases, verdicts, findings,
+resolutions and releases. Every write goes through ``apps.review.services``; a release
+here meets the same gate as the page and ``manage.py review_release``.
+"""
 
-routes: list = []
+from __future__ import annotations
+
+from typing import Any
+
+from django.shortcuts import get_object_or_404
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from apps.core.access import roles_of
+from apps.core.roles import AUDITOR, CLINICIAN, PRIVACY, STEWARD
+from apps.deid.models import DeidRun
+from apps.review import services
+from apps.review.models import Category, Finding, ReviewBatch, ReviewItem, Verdict
+
+READERS = {CLINICIAN, STEWARD, PRIVACY, AUDITOR}
+RELEASERS = {STEWARD, PRIVACY}
+
+
+def _service_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except (services.GateClosed, services.LeaseLost):
+        raise
+    except services.ReviewError as exc:
+        raise ValidationError({"detail": str(exc)}) from None
+    except PermissionError as exc:
+        raise PermissionDenied(str(exc)) from None
+
+
+class ReviewBatchSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ReviewBatch
+        fields = [
+            "id",
+            "run",
+            "status",
+            "fraction",
+            "min_per_stratum",
+            "seed",
+            "threshold",
+            "double_review_fraction",
+            "lease_seconds",
+            "items_total",
+            "results_ok",
+            "created",
+            "released_at",
+        ]
+        read_only_fields = fields
+
+
+class NewBatchSerializer(serializers.Serializer):
+    run = serializers.PrimaryKeyRelatedField(queryset=DeidRun.objects.all())
+    fraction = serializers.FloatField()
+    min_per_stratum = serializers.IntegerField(required=False)
+    threshold = serializers.FloatField(required=False)
+    double_review_fraction = serializers.FloatField(required=False)
+    lease_seconds = serializers.IntegerField(required=False)
+    seed = serializers.IntegerField(required=False)
+
+
+class ReviewBatchViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
+    """Review batches. ``POST`` draws a new sample (stewards, privacy officers);
+    ``GET …/{id}/gate/`` returns pass rate, lower bound, kappa and every reason it is closed."""
+
+    allowed_roles = READERS
+    action_roles = {"create": RELEASERS}
+    queryset = ReviewBatch.objects.order_by("-created")
+    serializer_class = ReviewBatchSerializer
+
+    def get_serializer_class(self) -> Any:
+        return NewBatchSerializer if self.action == "create" else ReviewBatchSerializer
+
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        data = NewBatchSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        d = dict(data.validated_data)
+        run = d.pop("run")
+        batch = _service_call(services.create_batch, run, acting_user=request.user, **d)
+        return Response(ReviewBatchSerializer(batch).data, status=status.HTTP_201_CREATED)
+
+    @action(detail=True, methods=["get"])
+    def gate(self, request: Request, pk: str | None = None) -> Response:
+        return Response(services.gate(self.get_object()).as_dict())
+
+
+class ReviewItemSerializer(serializers.ModelSerializer):
+    kind = serializers.CharField(source="result.kind", read_only=True)
+    modality = serializers.CharField(source="result.modality", read_only=True)
+    output_sha256 = serializers.CharField(source="result.output_sha256", read_only=True)
+
+    class Meta:
+        model = ReviewItem
+        fields = [
+            "id",
+            "batch",
+            "result",
+            "stratum",
+            "flagged",
+            "position",
+            "needs_reviews",
+            "round",
+            "reviews_done",
+            "status",
+            "outcome",
+            "lease_expires_at",
+            "kind",
+            "modality",
+            "output_sha256",
+        ]
+        read_only_fields = fields
+
+
+class ReviewItemViewSet(viewsets.ReadOnlyModelViewSet):
+    """Sampled items (``?batch=`` filters); a clinician sees only those leased to them or
+    that they judged."""
+
+    allowed_roles = {CLINICIAN, STEWARD, PRIVACY}
+    serializer_class = ReviewItemSerializer
+
+    def get_queryset(self) -> Any:
+        qs = services.visible_items(self.request.user).order_by("batch_id", "position")
+        batch = self.request.query_params.get("batch")
+        if batch:
+            if not batch.isdigit():
+                raise ValidationError({"batch": "must be an integer id"})
+            qs = qs.filter(batch_id=int(batch))
+        return qs
+
+
+class LeaseSerializer(serializers.Serializer):
+    batch = serializers.IntegerField()
+
+
+class LeaseViewSet(viewsets.GenericViewSet):
+    """``POST {"batch": id}``: lease the caller's next item (the one held, if any); 204 when
+    nothing is left for them."""
+
+    allowed_roles = {CLINICIAN}
+    serializer_class = LeaseSerializer
+
+    def create(self, request: Request) -> Response:
+        data = LeaseSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        batch = get_object_or_404(ReviewBatch, pk=data.validated_data["batch"])
+        item = _service_call(services.next_item, batch, request.user)
+        if item is None:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response(ReviewItemSerializer(item).data)
+
+
+class VerdictSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Verdict
+        fields = [
+            "id",
+            "item",
+            "reviewer",
+            "round",
+            "decision",
+            "category",
+            "region",
+            "seconds",
+            "output_sha256",
+            "created",
+        ]
+        read_only_fields = fields
+
+
+class NewVerdictSerializer(serializers.Serializer):
+    item = serializers.IntegerField()
+    decision = serializers.ChoiceField(choices=Verdict.Decision.values)
+    category = serializers.ChoiceField(choices=["", *Category.values], required=False, default="")
+    region = serializers.JSONField(required=False, allow_null=True, default=None)
+
+
+class VerdictViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
+    """Verdicts. ``POST {"item", "decision", "category", "region"}`` by the clinician holding
+    the item's lease; 409 when the lease is gone. Clinicians list only their own."""
+
+    allowed_roles = READERS
+    action_roles = {"create": {CLINICIAN}}
+    serializer_class = VerdictSerializer
+
+    def get_serializer_class(self) -> Any:
+        return NewVerdictSerializer if self.action == "create" else VerdictSerializer
+
+    def get_queryset(self) -> Any:
+        qs = Verdict.objects.order_by("-created")
+        if not roles_of(self.request.user, self.request.auth) & (RELEASERS | {AUDITOR}):
+            qs = qs.filter(reviewer_id=self.request.user.pk)
+        batch = self.request.query_params.get("batch")
+        if batch and batch.isdigit():
+            qs = qs.filter(item__batch_id=int(batch))
+        return qs
+
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        data = NewVerdictSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        d = data.validated_data
+        item = get_object_or_404(services.visible_items(request.user), pk=d["item"])
+        try:
+            verdict = _service_call(
+                services.submit_verdict,
+                item,
+                request.user,
+                decision=d["decision"],
+                category=d["category"],
+                region=d["region"],
+            )
+        except services.LeaseLost as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(VerdictSerializer(verdict).data, status=status.HTTP_201_CREATED)
+
+
+class FindingSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Finding
+        fields = [
+            "id",
+            "batch",
+            "item",
+            "round",
+            "category",
+            "status",
+            "resolution",
+            "resolved_by_id",
+            "resolved_at",
+            "requeued",
+            "created",
+        ]
+        read_only_fields = fields
+
+
+class FindingViewSet(viewsets.ReadOnlyModelViewSet):
+    """Findings opened by failing verdicts (``?batch=``, ``?status=open``)."""
+
+    allowed_roles = READERS
+    serializer_class = FindingSerializer
+
+    def get_queryset(self) -> Any:
+        qs = Finding.objects.order_by("-created")
+        params = self.request.query_params
+        if params.get("batch", "").isdigit():
+            qs = qs.filter(batch_id=int(params["batch"]))
+        if params.get("status") in Finding.Status.values:
+            qs = qs.filter(status=params["status"])
+        return qs
+
+
+class ResolutionSerializer(serializers.Serializer):
+    finding = serializers.IntegerField()
+    resolution = serializers.ChoiceField(choices=Finding.Resolution.values)
+    scope = serializers.ChoiceField(choices=["item", "stratum"], default="item")
+
+
+class ResolutionViewSet(viewsets.GenericViewSet):
+    """``POST {"finding", "resolution", "scope"}``: the data steward closes a finding."""
+
+    allowed_roles = RELEASERS
+    serializer_class = ResolutionSerializer
+
+    def create(self, request: Request) -> Response:
+        data = ResolutionSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        d = data.validated_data
+        finding = get_object_or_404(Finding, pk=d["finding"])
+        finding = _service_call(
+            services.resolve_finding,
+            finding,
+            acting_user=request.user,
+            resolution=d["resolution"],
+            scope=d["scope"],
+        )
+        return Response(FindingSerializer(finding).data)
+
+
+class ReleaseSerializer(serializers.Serializer):
+    run = serializers.IntegerField()
+
+
+class ReleaseViewSet(viewsets.GenericViewSet):
+    """``POST {"run": id}``: release a de-id run through the gate; 409 with every reason
+    when the gate is closed."""
+
+    allowed_roles = RELEASERS
+    serializer_class = ReleaseSerializer
+
+    def create(self, request: Request) -> Response:
+        data = ReleaseSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        run = get_object_or_404(DeidRun, pk=data.validated_data["run"])
+        try:
+            run = _service_call(services.release_run, run, acting_user=request.user)
+        except services.GateClosed as exc:
+            return Response(
+                {"detail": "release refused by the review gate", "reasons": exc.reasons},
+                status=status.HTTP_409_CONFLICT,
+            )
+        return Response({"run": run.pk, "released_at": run.released_at})
+
+
+routes = [
+    ("review/batches", ReviewBatchViewSet, "reviewbatch"),
+    ("review/items", ReviewItemViewSet, "reviewitem"),
+    ("review/leases", LeaseViewSet, "reviewlease"),
+    ("review/verdicts", VerdictViewSet, "reviewverdict"),
+    ("review/findings", FindingViewSet, "reviewfinding"),
+    ("review/resolutions", ResolutionViewSet, "reviewresolution"),
+    ("review/releases", ReleaseViewSet, "reviewrelease"),
+]
