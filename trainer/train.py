@@ -7,6 +7,7 @@ exits with :data:`trainer.EXIT_REQUEUE` so the control plane requeues the job.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import signal
@@ -21,12 +22,14 @@ from trainer.config import TrainConfig, count_params, flops_per_token
 from trainer.data.batching import Batch, BatchLoader, Collator
 from trainer.data.cache import ShardCache
 from trainer.data.sampler import ResumableSampler
-from trainer.data.shards import ShardReader
+from trainer.data.shards import ShardReader, write_atomic
 from trainer.data.tokenizer import Tokenizer
 from trainer.engines import Engine, init_engine
 from trainer.metrics import MetricsLogger, build_logger, peak_memory_bytes
 
 log = logging.getLogger(__name__)
+
+REQUEUE_MARKER = "requeue.json"
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -146,6 +149,7 @@ class Trainer:
                 metrics.update(self.evaluate())
             self.log(metrics)
             if stop:
+                self.write_requeue_marker()
                 log.warning(
                     "stop signal received: checkpoint at step %d, exit %d", self.step, EXIT_REQUEUE
                 )
@@ -161,6 +165,8 @@ class Trainer:
         """Load ``checkpoint.resume`` (``latest`` = newest verified) and continue after it."""
         if self.checkpoints is None:
             return
+        if self.engine.rank == 0:  # this attempt answers the previous one's requeue request
+            (self.checkpoints.dir / REQUEUE_MARKER).unlink(missing_ok=True)
         path = self.checkpoints.resolve(self.cfg.checkpoint.resume)
         if path is None:
             if self.cfg.checkpoint.resume:
@@ -211,6 +217,20 @@ class Trainer:
         if self.data.cache is not None:
             out["shard_prefetch_queue_depth"] = float(self.data.cache.queue_depth())
         return out
+
+    def write_requeue_marker(self) -> None:
+        """``<save_dir>/requeue.json``: the launcher-independent record that this run asks to
+        be requeued (torchrun exits 1 even when its workers exit 75)."""
+        if self.checkpoints is None or self.engine.rank != 0:
+            return
+        marker = {
+            "exit_code": EXIT_REQUEUE,
+            "signal": self.stop.signal,
+            "step": self.step,
+            "checkpoint": self.checkpoints.folder_name(self.step),
+            "time": time.time(),
+        }
+        write_atomic(self.checkpoints.dir / REQUEUE_MARKER, json.dumps(marker).encode())
 
     def stop_agreed(self) -> bool:
         """True on every rank if any rank got a stop signal (one tiny all-reduce per step)."""

@@ -155,3 +155,5 @@ def test_a_signal_to_one_rank_stops_every_rank_after_a_common_checkpoint(
     assert manifest["world_size"] == 2 and manifest["step"] >= 3
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("event") == "stopped" for r in records)
+    marker = json.loads((tmp_path / "requeue.json").read_text())
+    assert marker["exit_code"] == 75 and marker["checkpoint"] == folders[0].name

@@ -88,6 +88,8 @@ def test_sigterm_writes_a_checkpoint_and_exits_with_the_requeue_code(stopped_run
     manifest = json.loads((folders[0] / "manifest.json").read_text())
     assert manifest["step"] >= 3
     assert manifest["data"]["position"] == manifest["step"] * 4
+    marker = json.loads((stopped_run["save"] / "requeue.json").read_text())
+    assert marker == marker | {"exit_code": 75, "signal": 15, "step": manifest["step"]}
 
 
 def test_jsonl_log_holds_the_config_and_every_step(stopped_run) -> None:
