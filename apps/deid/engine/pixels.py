@@ -108,6 +108,21 @@ def _to_uint8(img: np.ndarray, photometric: str) -> np.ndarray:
 _SUSPICIOUS = re.compile(r"\d{4,}|[\u4e00-\u9fff]{2,}|[A-Za-z]{3,}")
 
 
+def _border_bands(rgb: np.ndarray) -> np.ndarray:
+    """Grey levels of the outer 15% on every side, where burned-in annotations live."""
+    g = rgb.mean(axis=-1) if rgb.ndim == 3 else rgb
+    r, c = g.shape
+    br, bc = max(1, int(r * 0.15)), max(1, int(c * 0.15))
+    return np.concatenate(
+        [g[:br].ravel(), g[-br:].ravel(), g[:, :bc].ravel(), g[:, -bc:].ravel()]
+    ).astype(np.int16)
+
+
+def _bands_changed(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when more than 0.2% of border pixels changed by a text-like contrast (>48)."""
+    return bool((np.abs(a - b) > 48).mean() > 0.002)
+
+
 class PixelCleaner:
     """Finds and masks burned-in text; one instance serves many files (the OCR model loads once)."""
 
@@ -164,7 +179,16 @@ class PixelCleaner:
         rows, cols = rgb.shape[:2]
         actions: Counter[str] = Counter()
         s = self.settings
-        if rows * cols <= s.screen_above_pixels:
+        if max(rows, cols) < s.upscale_below:
+            # Small frames (ultrasound, screenshots) carry 8-10 px text the detector misses at
+            # native size; read a 2x copy and map the boxes back.
+            actions["ocr_full_upscaled"] += 1
+            big = np.repeat(np.repeat(rgb, 2, axis=0), 2, axis=1)
+            found = [
+                OcrBox(b.x0 // 2, b.y0 // 2, (b.x1 + 1) // 2, (b.y1 + 1) // 2, b.text, b.score)
+                for b in self._ocr_region(big, 0, 0)
+            ]
+        elif rows * cols <= s.screen_above_pixels:
             actions["ocr_full"] += 1
             found = self._ocr_region(rgb, 0, 0)
         else:
@@ -198,6 +222,20 @@ class PixelCleaner:
         actions["ocr_boxes_dropped"] += len(found) - len(keep)
         return keep, actions
 
+    @staticmethod
+    def _render(ds: Dataset, frame: np.ndarray, photometric: str, compressed: bool) -> np.ndarray:
+        """8-bit RGB as a viewer would show it (palette applied, YBR converted)."""
+        if photometric == "PALETTE COLOR":
+            from pydicom.pixels import apply_color_lut
+
+            lut = apply_color_lut(frame, ds).astype(np.float32)
+            return (lut / max(float(lut.max()), 1.0) * 255.0).astype(np.uint8)
+        if photometric.startswith("YBR") and not compressed:
+            from pydicom.pixels import convert_color_space
+
+            return _to_uint8(convert_color_space(frame, photometric, "RGB"), "RGB")
+        return _to_uint8(frame, photometric)
+
     # -- masking ---------------------------------------------------------------------------
     def clean_dataset(self, ds: Dataset, *, context: PatientContext | None = None) -> PixelReport:
         """Mask burned-in text in ``ds`` in place; report boxes and actions."""
@@ -222,18 +260,26 @@ class PixelCleaner:
         rows, cols = int(ds.Rows), int(ds.Columns)
         dec = decoded.reshape((frames, rows, cols, spp) if spp > 1 else (frames, rows, cols))
         photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-        # Burned-in annotations are static across a cine loop: read a few frames, mask all.
-        sample = sorted({0, frames // 2, frames - 1} | set(range(0, frames, max(1, frames // 6))))
         boxes: list[OcrBox] = []
-        for fi in sample[:8]:
-            rgb = _to_uint8(dec[fi], photometric)
-            if photometric.startswith("YBR") and not compressed:
-                from pydicom.pixels import convert_color_space
-
-                rgb = _to_uint8(convert_color_space(dec[fi], photometric, "RGB"), "RGB")
+        last_bands: np.ndarray | None = None
+        read = 0
+        for fi in range(frames):
+            rgb = self._render(ds, dec[fi], photometric, compressed)
+            # Cine loops: the anatomy moves every frame but annotations rarely do. A frame is
+            # read again only when its border bands (where devices print) changed.
+            bands = _border_bands(rgb)
+            if last_bands is not None and not _bands_changed(last_bands, bands):
+                continue
+            if read >= self.settings.max_frames_read:
+                raise UnsupportedInputError(
+                    f"annotations change in more than {read} frames", reason="ocr_too_many_frames"
+                )
+            last_bands = bands
+            read += 1
             found, acts = self.find_boxes(rgb, context)
             rep.actions.update(acts)
             boxes.extend(found)
+        rep.actions["ocr_frames_read"] += read
         if not boxes:
             rep.actions["ocr_clean"] += 1
             return rep

@@ -72,6 +72,11 @@ class OcrSettings:
     screen_above_pixels: int = 2048 * 2048
     screen_max_side: int = 1024
     pad_px: int = 2
+    # Frames whose longest side is below this are read at 2x (small ultrasound text).
+    upscale_below: int = 800
+    # Cine loops: frames are re-read only when their border bands change; past this many
+    # distinct annotation states the file is quarantined rather than read frame by frame.
+    max_frames_read: int = 64
     # When OCR is required but unavailable, quarantine instead of emitting unscreened pixels.
     require_ocr: bool = True
 

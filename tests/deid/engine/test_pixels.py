@@ -37,6 +37,8 @@ BANNER = OcrBox(4, 4, 60, 20, "张伟 110105198003071234", 0.98)
 
 
 def engine(ocr, **ocr_kw) -> DeidEngine:
+    # Fake OCR answers in image coordinates, so the 2x read of small frames is switched off.
+    ocr_kw.setdefault("upscale_below", 0)
     return DeidEngine(ProjectKey(b"p" * 32), DeidProfile(ocr=OcrSettings(**ocr_kw)), ocr=ocr)
 
 
@@ -159,9 +161,28 @@ def test_large_images_are_screened_then_read_at_full_resolution() -> None:
     ],
 )
 def test_anatomy_false_positives_are_dropped(box: OcrBox, kept: bool) -> None:
-    cleaner = PixelCleaner(FakeOcr([box]))
+    cleaner = PixelCleaner(FakeOcr([box]), OcrSettings(upscale_below=0))
     boxes, _ = cleaner.find_boxes(np.zeros((512, 512, 3), np.uint8))
     assert bool(boxes) is kept
+
+
+def test_small_frames_are_read_at_twice_the_size() -> None:
+    ocr = FakeOcr([OcrBox(20, 20, 41, 31, "ZY20240305", 0.9)])
+    boxes, actions = PixelCleaner(ocr).find_boxes(np.zeros((240, 320, 3), np.uint8))
+    assert ocr.calls == [(480, 640)] and actions["ocr_full_upscaled"] == 1
+    assert [(b.x0, b.y0, b.x1, b.y1) for b in boxes] == [(10, 10, 21, 16)]
+
+
+def test_cine_frames_are_reread_only_when_their_borders_change(make_dataset, dataset_bytes):
+    frames = np.zeros((6, 64, 80), dtype=np.uint16)
+    frames[:, 20:40, 20:60] = np.arange(6)[:, None, None] * 500  # moving "anatomy" in the middle
+    frames[3:, 0:6, 0:30] = 4000  # the annotation changes once, at frame 3
+    ds = make_dataset(rows=64, cols=80, modality="US")
+    ds.NumberOfFrames = 6
+    ds.PixelData = frames.tobytes()
+    ocr = FakeOcr([])
+    res = engine(ocr).process(dataset_bytes(ds))
+    assert res.status == "ok" and len(ocr.calls) == 2
 
 
 def _font() -> str:
