@@ -241,3 +241,8 @@ def test_a_name_introduced_with_a_cue_is_removed_where_it_recurs() -> None:
     )
     assert "张伟" not in out and "John Smith" not in out
     assert "否认高血压病史" in out and "denies pain" in out
+
+
+def test_a_cued_address_stops_at_the_next_field() -> None:
+    out = clean("住址：北京市朝阳区建国路88号  诊断：冠心病，职业：退休")
+    assert "建国路" not in out and "诊断：冠心病" in out and "职业：退休" in out

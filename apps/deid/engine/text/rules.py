@@ -395,7 +395,9 @@ def _age_hits(text: str, threshold: int) -> Iterator[Hit]:
 _FUNCTION_PREFIX = "患者病人家住在于至到往去入收转诊治就来自经由送位现居及和与的为是址地"
 _ADDR_CUE = _rx(
     r"(?:家庭住址|现住址|户籍地址|户籍地|通讯地址|联系地址|居住地|住址|地址|籍贯|出生地|工作单位|"
-    r"Home address|Address|address|ADDRESS)\s*[:：]\s*([^\n，。；;]{2,80})"
+    r"Home address|Address|address|ADDRESS)\s*[:：]\s*([^\n，。；;]{2,80}?)"
+    # The value ends at a clause break, a wide gap, or the next "label：" on the same line.
+    r"(?=\s{2,}|\t|[\u4e00-\u9fffA-Za-z]{2,6}\s*[:：]|[\n，。；;]|$)"
 )
 _ZH_PROV = rf"[{CJK}]{{2,6}}?(?:省|自治区|特别行政区)"
 _ZH_CITY = rf"[{CJK}]{{2,4}}?(?:市|自治州|地区|盟)"
@@ -517,11 +519,18 @@ _RE_ZH_TITLE = _rx(rf"({_SURNAME_RE})([{CJK}]{{0,2}}?)(?:{_TITLE_ALT})")
 _RE_ZH_SEX_AGE = _rx(
     rf"({_SURNAME_RE}[{CJK}]{{1,2}})\s*[，,、]?\s*[男女]\s*[，,、]?\s*\d{{1,3}}\s*岁"
 )
-_EN_NAME = r"[A-Z][a-zA-Z'\-]+(?:\s+[A-Z]\.)?(?:\s+[A-Z][a-zA-Z'\-]+){0,2}"
+# A name word has a lower-case letter after its capital (so "MRN", "DOB", "MD" are not names);
+# O'Connor and McDonald still match. Words are separated by one or two spaces, not newlines.
+_EN_WORD = r"[A-Z](?:[a-z]|'[A-Z])[a-zA-Z'\-]*"
+_EN_NAME = rf"{_EN_WORD}(?:[ \t]{{1,2}}[A-Z]\.)?(?:[ \t]{{1,2}}{_EN_WORD}){{0,2}}"
 _RE_EN_TITLE = _rx(rf"\b(?:{'|'.join(EN_TITLES)})\.?\s+({_EN_NAME})")
 _RE_EN_CUE = _rx(
     rf"\b(?:{'|'.join(sorted(EN_NAME_CUES, key=len, reverse=True))})\s*[:：]\s*"
-    rf"([A-Z][a-zA-Z'\-]+(?:,?\s+[A-Z][a-zA-Z'\-]+){{0,2}})"
+    rf"({_EN_WORD}(?:,?[ \t]{{1,2}}{_EN_WORD}){{0,2}})"
+)
+_RE_EN_RELATION = _rx(
+    r"\b(?:daughter|son|wife|husband|mother|father|sister|brother|spouse|partner|"
+    rf"grandson|granddaughter|niece|nephew|guardian)[ \t]+({_EN_WORD}(?:[ \t]{_EN_WORD})?)"
 )
 _SUFFIX_ALT = "|".join(re.escape(s) for s in EN_NAME_SUFFIXES)
 _RE_EN_SUFFIX = _rx(
@@ -585,7 +594,7 @@ def _person_hits(text: str) -> Iterator[Hit]:
     for m in _RE_ZH_SEX_AGE.finditer(text):
         s = _trim_prefix(text, m.start(1), m.end(1))
         yield Hit("PERSON", s, m.end(1), text[s : m.end(1)], p)
-    for rx in (_RE_EN_TITLE, _RE_EN_CUE, _RE_EN_SUFFIX):
+    for rx in (_RE_EN_TITLE, _RE_EN_CUE, _RE_EN_SUFFIX, _RE_EN_RELATION):
         for m in rx.finditer(text):
             name = m.group(1)
             first = re.split(r"[\s,]+", name)[0]
