@@ -1,0 +1,199 @@
+"""Pages: runs list, launch (form → preview → launch), run detail with actions, cluster.
+
+Operators and administrators act; project managers and auditors read (apps/jobs/access.py).
+Every action is a POST to a service; the detail page's log pane is fed over a WebSocket
+(consumers.py) and works without it (a reload shows the latest tail).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from apps.core.access import roles
+from apps.core.htmx import render_page
+from apps.jobs import reasons, services
+from apps.jobs.access import READ_ROLES, WRITE_ROLES
+from apps.jobs.filtersets import RunFilterForm, owners
+from apps.jobs.forms import RunForm
+from apps.jobs.models import Attempt, AttemptState, TrainingRun
+from apps.jobs.schedulers import SchedulerError
+
+PAGE_SIZE = 50
+
+
+def get_run(pk: int) -> TrainingRun:
+    """The one way views load a run (404 for an unknown id)."""
+    return get_object_or_404(
+        TrainingRun.objects.select_related("dataset_version", "created_by"), pk=pk
+    )
+
+
+def _can_write(request: HttpRequest) -> bool:
+    from apps.core.access import roles_of
+
+    return bool(roles_of(request.user) & WRITE_ROLES)
+
+
+@roles(*READ_ROLES)
+@require_GET
+def run_list(request: HttpRequest) -> HttpResponse:
+    """Runs, newest first, filtered by state, owner and dataset version."""
+    form = RunFilterForm(request.GET or None)
+    qs = TrainingRun.objects.select_related("dataset_version", "created_by").order_by(
+        "-created", "-pk"
+    )
+    if form.is_bound:
+        qs = form.filter(qs) if form.is_valid() else qs.none()
+    page = Paginator(qs, PAGE_SIZE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {
+        "form": form,
+        "page": page,
+        "runs": page.object_list,
+        "owners": owners(),
+        "query": query.urlencode(),
+        "can_write": _can_write(request),
+    }
+    response = render_page(request, "jobs/run_list.html", "jobs/partials/run_table.html", context)
+    if form.is_bound and form.errors:
+        response.status_code = 400
+    return response
+
+
+@roles(*WRITE_ROLES)
+@require_http_methods(["GET", "POST"])
+def run_new(request: HttpRequest) -> HttpResponse:
+    """Launch in two steps: the form, then a preview (memory estimate, warnings and the
+    exact batch script), then the launch. Nothing is created before the second POST."""
+    preview = None
+    if request.method == "POST":
+        form = RunForm(request.POST)
+        if form.is_valid():
+            spec = form.spec()
+            if "launch" in request.POST:
+                try:
+                    run = services.launch_run(spec, acting_user=request.user)
+                except services.LaunchRefused as exc:
+                    form.add_error(None, str(exc))
+                else:
+                    messages.success(request, _("Run launched; it is being submitted."))
+                    return redirect("jobs:run_detail", pk=run.pk)
+            else:
+                plan, script = services.preview_run(spec)
+                preview = {"plan": plan, "script": script}
+        status = 200 if form.is_valid() else 400
+    else:
+        form = RunForm()
+        status = 200
+    plan = form.plan or (preview or {}).get("plan")
+    return render(
+        request,
+        "jobs/run_new.html",
+        {"form": form, "preview": preview, "plan": plan},
+        status=status,
+    )
+
+
+@roles(*READ_ROLES)
+@require_GET
+def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """Spec, attempts (with scripts), state and reason in plain words, checkpoints, latest
+    metrics and the live log tail."""
+    run = get_run(pk)
+    attempts = list(run.attempts.select_related("created_by").order_by("-number"))
+    current = attempts[0] if attempts else None
+    context = {
+        "run": run,
+        "attempts": attempts,
+        "current": current,
+        "explanation": reasons.explain(current.reason)
+        if current and current.state in (AttemptState.PENDING, AttemptState.REQUEUED)
+        else None,
+        "checkpoints": services.run_checkpoints(run),
+        "metrics": services.run_metrics(run),
+        "log": services.log_tail(current) if current else "",
+        "can_write": _can_write(request),
+        "can_cancel": run.is_active,
+        "can_requeue": bool(
+            current
+            and current.job_id
+            and current.state
+            in (
+                AttemptState.PENDING,
+                AttemptState.RUNNING,
+                AttemptState.REQUEUED,
+                AttemptState.COMPLETING,
+            )
+        ),
+        "can_resume": not run.is_active,
+    }
+    return render_page(request, "jobs/run_detail.html", "jobs/partials/run_state.html", context)
+
+
+def _act(request: HttpRequest, pk: int, action: str) -> HttpResponse:
+    run = get_run(pk)
+    operation = {
+        "cancel": services.cancel_run,
+        "requeue": services.requeue_run,
+        "resume": services.resume_run,
+    }[action]
+    try:
+        operation(run, acting_user=request.user)
+    except services.JobsError as exc:
+        messages.error(request, str(exc))
+    else:
+        done = {
+            "cancel": _("Cancel requested."),
+            "requeue": _("Requeue requested."),
+            "resume": _("A new attempt is being submitted."),
+        }
+        messages.success(request, done[action])
+    return redirect("jobs:run_detail", pk=run.pk)
+
+
+@roles(*WRITE_ROLES)
+@require_POST
+def run_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    return _act(request, pk, "cancel")
+
+
+@roles(*WRITE_ROLES)
+@require_POST
+def run_requeue(request: HttpRequest, pk: int) -> HttpResponse:
+    return _act(request, pk, "requeue")
+
+
+@roles(*WRITE_ROLES)
+@require_POST
+def run_resume(request: HttpRequest, pk: int) -> HttpResponse:
+    return _act(request, pk, "resume")
+
+
+@roles(*READ_ROLES)
+@require_GET
+def attempt_script(request: HttpRequest, pk: int) -> HttpResponse:
+    """The exact script an attempt ran, as plain text (for diffing and for the record)."""
+    attempt = get_object_or_404(Attempt, pk=pk)
+    response = HttpResponse(attempt.script, content_type="text/plain; charset=utf-8")
+    response["Content-Disposition"] = f'inline; filename="attempt-{attempt.pk}.sh"'
+    return response
+
+
+@roles(*READ_ROLES)
+@require_GET
+def cluster(request: HttpRequest) -> HttpResponse:
+    """Partitions, nodes and GPU availability from the configured scheduler."""
+    context: dict[str, Any] = {"scheduler": services.default_scheduler()}
+    try:
+        context["info"] = services.cluster_info()
+    except SchedulerError as exc:
+        context["error"] = exc.message
+    return render(request, "jobs/cluster.html", context)
