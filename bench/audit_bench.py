@@ -202,6 +202,11 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=8)
     parser.add_argument("--per-writer", type=int, default=500)
     parser.add_argument("--verify-runs", type=int, default=2)
+    parser.add_argument(
+        "--verify-only",
+        action="store_true",
+        help="time audit_verify on the events already loaded (no append, no load)",
+    )
     args = parser.parse_args()
 
     url = os.environ.get("DATABASE_URL", "")
@@ -223,6 +228,11 @@ def main() -> None:
         cursor.execute("SHOW server_version")
         server = cursor.fetchone()[0]
 
+    if args.verify_only:
+        for _ in range(args.verify_runs):
+            seconds, summary = bench_verify()
+            print(f"audit_verify: {seconds:.2f} s  {summary}", flush=True)
+        return
     ceiling = commit_ceiling()
     print(
         f"commit ceiling (one connection, one row per commit): {ceiling:,.0f} commits/s", flush=True

@@ -198,6 +198,6 @@ def test_the_command_shows_progress_on_large_chains(events, capsys, monkeypatch)
 
     events(5)
     real = services.verify_chain
-    monkeypatch.setattr(services, "verify_chain", lambda **kw: real(**dict(kw, progress_every=2)))
+    monkeypatch.setattr(services, "verify_chain", lambda **kw: real(**dict(kw, chunk_size=2)))
     call_command("audit_verify", "--no-save")
     assert "4/5 events" in capsys.readouterr().err
