@@ -24,8 +24,10 @@ from .profile import DeidProfile, OcrSettings, SafePrivate, TextSettings
 from .result import ERROR, OK, QUARANTINED, FileResult
 from .text import Finding, PatientContext, TextDeidentifier, TextResult, deidentify_text
 from .vault import PseudonymVault
+from .version import ENGINE_VERSION
 
 __all__ = [
+    "ENGINE_VERSION",
     "ERROR",
     "OK",
     "QUARANTINED",

@@ -38,6 +38,7 @@ from .profile import DeidProfile
 from .result import OK, QUARANTINED, FileResult, sha256
 from .text.engine import PatientContext, TextDeidentifier
 from .vault import PseudonymVault
+from .version import ENGINE_VERSION
 
 PIXEL_DATA = 0x7FE00010
 _TEXT_VRS = {"LT", "ST", "UT"}
@@ -588,7 +589,7 @@ class DicomDeidentifier:
         ds.PatientIdentityRemoved = "YES"
         ds.DeidentificationMethod = [
             "DICOM PS3.15 E.1-1 Basic Profile",
-            f"medctl {self.profile.fingerprint()}"[:64],
+            f"medctl-deid {ENGINE_VERSION} {self.profile.fingerprint()}"[:64],
         ]
         seq = Sequence()
         for code, meaning in self.profile.method_codes(pixels_cleaned=pixels_cleaned):

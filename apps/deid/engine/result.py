@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .text.engine import Finding
+from .version import ENGINE_VERSION
 
 OK = "ok"
 QUARANTINED = "quarantined"
@@ -40,6 +41,7 @@ class FileResult:
     profile: str = ""
     patient_pseudonym: str | None = None
     output_name: str | None = None
+    engine_version: str = ENGINE_VERSION
 
     @property
     def output_sha256(self) -> str | None:
@@ -60,4 +62,5 @@ class FileResult:
             "profile": self.profile,
             "patient_pseudonym": self.patient_pseudonym,
             "output_name": self.output_name,
+            "engine_version": self.engine_version,
         }
