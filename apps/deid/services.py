@@ -384,7 +384,7 @@ def process_run(
         status = DeidRun.objects.filter(pk=run_id).values_list("status", flat=True).first()
         return RunOutcome(run_id, claimed=False, status=status or "missing")
     try:
-        return _walk(run_id, limit=limit, progress=progress, ocr=ocr)
+        return _walk(run_id, limit=limit, progress=progress, ocr=ocr, took_over=how == "resumed")
     except Exception as exc:
         _fail(run_id, type(exc).__name__)
         raise
@@ -406,9 +406,16 @@ def _fail(run_id: int, error: str) -> None:
 
 
 def _walk(
-    run_id: int, *, limit: int | None, progress: ProgressCallback | None, ocr: Any
+    run_id: int,
+    *,
+    limit: int | None,
+    progress: ProgressCallback | None,
+    ocr: Any,
+    took_over: bool = False,
 ) -> RunOutcome:
     run = DeidRun.objects.select_related("batch__source").get(pk=run_id)
+    if took_over:
+        _remove_stale_temp_files(Path(run.output_root))
     # The batch may have grown since the run started (a late scan); count what is there now.
     total = RawFile.objects.filter(batch_id=run.batch_id).count()
     if total != run.files_total:
@@ -445,6 +452,15 @@ def _walk(
                 progress(status)
     status = _finish(run_id, RunStatus.DONE)
     return RunOutcome(run_id, True, status, processed)
+
+
+def _remove_stale_temp_files(root: Path) -> None:
+    """A killed worker may leave a half-written ``.<name>.<hex>.tmp``; it was never renamed
+    into place (so no result points at it), but it must not linger in the output tier."""
+    if not root.is_dir():
+        return
+    for tmp in root.rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def _finish(run_id: int, status: str) -> str:

@@ -1,0 +1,97 @@
+"""``manage.py deid_run``: in-process runs with a progress bar, and a worker killed mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection
+
+from apps.deid import services
+from apps.deid.models import DeidFileResult, DeidRun
+from tests.deid.factories import add_file, make_batch, make_source, note_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.django_db
+def test_it_runs_a_batch_in_process_and_prints_counts(mixed, no_ocr_profile, tmp_path, capsys):
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps(no_ocr_profile.to_dict()), encoding="utf-8")
+    out = StringIO()
+    call_command("deid_run", str(mixed.batch.pk), "--profile", str(profile), "--no-ocr", stdout=out)
+    run = DeidRun.objects.get()
+    assert run.status == "done" and run.profile_fingerprint == no_ocr_profile.fingerprint()
+    text = out.getvalue()
+    assert f"run {run.pk} done: 7/7 files: 3 ok, 4 quarantined, 0 error" in text
+    assert "7/7" in capsys.readouterr().err  # the tqdm bar
+
+
+@pytest.mark.django_db
+def test_it_refuses_unknown_batches_and_bad_profiles(mixed, tmp_path):
+    with pytest.raises(CommandError, match="no ingest batch"):
+        call_command("deid_run", "999", "--no-progress")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"nope": 1}', encoding="utf-8")
+    with pytest.raises(CommandError, match="unknown profile keys"):
+        call_command("deid_run", str(mixed.batch.pk), "--profile", str(bad), "--no-progress")
+
+
+def _database_url() -> str:
+    s = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{s['NAME']}"
+    auth = s["USER"] + (f":{s['PASSWORD']}" if s.get("PASSWORD") else "")
+    return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path, deid_keys):
+    (tmp_path / "raw").mkdir()
+    batch = make_batch(make_source(tmp_path / "raw", tmp_path / "out"))
+    for i in range(120):
+        add_file(
+            batch, f"notes/n{i:03d}.txt", note_bytes() + f"第{i}次复查。".encode(), kind="text"
+        )
+    env = {**os.environ, "DATABASE_URL": _database_url(), "DEID_OCR": "off"}
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "deid_run", str(batch.pk), "--no-progress", "--no-ocr"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while DeidFileResult.objects.count() < 5:
+            assert proc.poll() is None, "the worker ended before it could be killed"
+            assert time.monotonic() < deadline, "the worker never started"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    run = DeidRun.objects.get()
+    done_before = run.results.count()
+    assert run.status == "running" and 0 < done_before < 120
+
+    # Its heartbeat goes stale; the next worker takes over and finishes.
+    DeidRun.objects.filter(pk=run.pk).update(
+        heartbeat_at=run.heartbeat_at - services.STALE_AFTER * 2
+    )
+    outcome = services.process_run(run.pk, ocr=None)
+    run.refresh_from_db()
+    assert outcome.claimed and outcome.processed == 120 - done_before
+    assert run.status == "done" and run.results.count() == 120 == run.files_done == run.files_ok
+    root = Path(run.output_root)
+    for r in run.results.all():
+        assert services.sha256_file(root / r.output_relpath) == r.output_sha256
+    assert not list(root.rglob("*.tmp"))
