@@ -6,7 +6,7 @@
 loader over the shard format, global token all-reduce bookkeeping, LR schedule, clipping,
 metrics to JSONL). "bare" is the textbook loop over pre-collated batches of the same samples:
 forward, backward, clip, AdamW step. Rounds alternate to share the machine's noise; the
-median of each is reported. Goal: our overhead <= 5 %.
+median and the best of each are reported. Goal: our overhead <= 5 %.
 """
 
 from __future__ import annotations
@@ -96,11 +96,13 @@ def main() -> None:
             ours_s.append(ours(cfg, args.warmup, args.steps))
             bare_s.append(bare(cfg, args.warmup, args.steps))
         o, b = statistics.median(ours_s), statistics.median(bare_s)
+        best_o, best_b = min(ours_s), min(bare_s)
         print(f"model tiny, micro {args.micro} x seq {cfg.data.seq_len}, {args.steps} steps, "
               f"torch threads {torch.get_num_threads()}")  # fmt: skip
         print(f"ours  {tokens / o:10.0f} tok/s  (rounds: {', '.join(f'{x:.2f}s' for x in ours_s)})")
         print(f"bare  {tokens / b:10.0f} tok/s  (rounds: {', '.join(f'{x:.2f}s' for x in bare_s)})")
-        print(f"overhead {100 * (o / b - 1):+.1f} %  (goal <= 5 %)")
+        print(f"overhead {100 * (o / b - 1):+.1f} % median, {100 * (best_o / best_b - 1):+.1f} % best "
+              "(goal <= 5 %; best-of-rounds is the steadier figure on a shared machine)")  # fmt: skip
 
 
 if __name__ == "__main__":
