@@ -101,8 +101,9 @@ def main() -> None:
               f"torch threads {torch.get_num_threads()}")  # fmt: skip
         print(f"ours  {tokens / o:10.0f} tok/s  (rounds: {', '.join(f'{x:.2f}s' for x in ours_s)})")
         print(f"bare  {tokens / b:10.0f} tok/s  (rounds: {', '.join(f'{x:.2f}s' for x in bare_s)})")
-        print(f"overhead {100 * (o / b - 1):+.1f} % median, {100 * (best_o / best_b - 1):+.1f} % best "
-              "(goal <= 5 %; best-of-rounds is the steadier figure on a shared machine)")  # fmt: skip
+        median_pct, best_pct = 100 * (o / b - 1), 100 * (best_o / best_b - 1)
+        print(f"overhead {median_pct:+.1f} % median, {best_pct:+.1f} % best (goal <= 5 %; the")
+        print("best of the rounds is the steadier figure on a shared machine)")
 
 
 if __name__ == "__main__":
