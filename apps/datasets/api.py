@@ -1,3 +1,266 @@
-"""API routes of this app, registered by controlplane/api.py: (prefix, viewset, basename)."""
+"""REST API of the datasets app: versions (create = build, verify), lineage, label sets.
 
-routes: list = []
+Routes (registered by controlplane/api.py):
+- ``/api/datasets/versions/``: list, retrieve, create (queues a build; 202), ``{id}/verify/``
+  (POST), ``{id}/lineage/`` (every raw file behind it, paginated).
+- ``/api/datasets/lineage/raw-file/?id=`` or ``?sha256=``, and
+  ``/api/datasets/lineage/patient/?pseudonym=``: every version and consumer the data reached.
+- ``/api/datasets/annotations/``: list (``?version=``), retrieve, create (multipart upload).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from apps.datasets import services
+from apps.datasets.filtersets import VersionFilterForm
+from apps.datasets.models import AnnotationSet, DatasetMember, DatasetUse, DatasetVersion
+from apps.datasets.views import BUILD, LABELS_READ, LABELS_WRITE, LINEAGE, READ, VERIFY
+from apps.inventory.models import RawFile
+
+
+class VersionSerializer(serializers.ModelSerializer):
+    runs = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+    label = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = DatasetVersion
+        fields = [
+            "id",
+            "name",
+            "number",
+            "label",
+            "status",
+            "runs",
+            "root",
+            "target_shard_mb",
+            "build_settings",
+            "manifest_sha256",
+            "shard_count",
+            "bytes_total",
+            "sample_count",
+            "file_count",
+            "modality_counts",
+            "token_estimate",
+            "skipped",
+            "progress_done",
+            "progress_total",
+            "error",
+            "created_by",
+            "created",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+
+class BuildSerializer(serializers.Serializer):
+    name = serializers.SlugField(max_length=80)
+    runs = serializers.ListField(child=serializers.IntegerField(min_value=1), allow_empty=False)
+    target_shard_mb = serializers.FloatField(default=512.0)
+
+
+class MemberSerializer(serializers.ModelSerializer):
+    raw_sha256 = serializers.CharField(source="raw_file.sha256")
+    source = serializers.IntegerField(source="raw_file.source_id")
+    batch = serializers.IntegerField(source="raw_file.batch_id")
+
+    class Meta:
+        model = DatasetMember
+        fields = [
+            "sample_key",
+            "member",
+            "raw_file",
+            "raw_sha256",
+            "source",
+            "batch",
+            "run",
+            "deid_result",
+            "patient_pseudonym",
+        ]
+        read_only_fields = fields
+
+
+class UseSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = DatasetUse
+        fields = ["version", "consumer_kind", "consumer_id", "label", "recorded_at"]
+        read_only_fields = fields
+
+
+class AnnotationSetSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AnnotationSet
+        fields = [
+            "id",
+            "version",
+            "name",
+            "number",
+            "author",
+            "created",
+            "quality_score",
+            "notes",
+            "sha256",
+            "size",
+            "format",
+            "label_count",
+            "sample_count",
+        ]
+        read_only_fields = fields
+
+
+class AnnotationUploadSerializer(serializers.Serializer):
+    version = serializers.PrimaryKeyRelatedField(queryset=DatasetVersion.objects.all())
+    name = serializers.SlugField(max_length=80)
+    file = serializers.FileField()
+    quality_score = serializers.FloatField(min_value=0, max_value=1)
+    notes = serializers.CharField(max_length=300, required=False, allow_blank=True, default="")
+
+
+class DatasetVersionViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
+    """Dataset versions; ``POST`` queues a build of released runs (refused, naming the run,
+    for any run not released). Filters: ``name``, ``status``."""
+
+    allowed_roles = set(READ)
+    action_roles = {"create": set(BUILD), "verify": set(VERIFY)}
+    serializer_class = VersionSerializer
+    queryset = DatasetVersion.objects.prefetch_related("runs").order_by("name", "-number")
+
+    def get_queryset(self) -> Any:
+        qs = super().get_queryset()
+        if self.action != "list":
+            return qs
+        form = VersionFilterForm(
+            {k: v for k, v in self.request.query_params.items() if k in ("name", "status")}
+        )
+        if not form.is_valid():
+            raise ValidationError(form.errors.get_json_data())
+        return form.filter(qs)
+
+    def create(self, request: Request) -> Response:
+        data = BuildSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            version = services.request_build(
+                data.validated_data["name"],
+                data.validated_data["runs"],
+                target_shard_mb=data.validated_data["target_shard_mb"],
+                acting_user=request.user,
+            )
+        except services.DatasetError as exc:
+            raise ValidationError({"detail": str(exc)}) from None
+        return Response(VersionSerializer(version).data, status=status.HTTP_202_ACCEPTED)
+
+    @action(detail=True, methods=["post"])
+    def verify(self, request: Request, pk: str | None = None) -> Response:
+        version = self.get_object()
+        try:
+            report = services.verify_version(version, acting_user=request.user)
+        except services.DatasetError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(
+            {"ok": report.ok, "files_checked": report.files_checked, "problems": report.problems}
+        )
+
+    @action(detail=True, methods=["get"])
+    def lineage(self, request: Request, pk: str | None = None) -> Response:
+        page = self.paginate_queryset(services.lineage_of_version(self.get_object()))
+        return self.get_paginated_response(MemberSerializer(page, many=True).data)
+
+
+def _reach_data(reach: services.Reach) -> dict[str, Any]:
+    return {
+        "subject": reach.subject,
+        "raw_files": reach.raw_file_ids,
+        "versions": [
+            {"id": r.version.pk, "label": r.version.label, "files": r.files, "samples": r.samples}
+            for r in reach.versions
+        ],
+        "uses": UseSerializer(reach.uses, many=True).data,
+    }
+
+
+class LineageViewSet(viewsets.ViewSet):
+    """Where raw data went (the consent-withdrawal report), by raw file or by patient."""
+
+    allowed_roles = set(LINEAGE)
+
+    @action(detail=False, methods=["get"], url_path="raw-file")
+    def raw_file(self, request: Request) -> Response:
+        params = request.query_params
+        if params.get("id", "").isdigit():
+            files = RawFile.objects.filter(pk=int(params["id"]))
+        elif params.get("sha256"):
+            files = services.find_raw_files(params["sha256"])
+        else:
+            raise ValidationError({"detail": "give ?id=<raw file id> or ?sha256=<hex>"})
+        files = list(files[:20])
+        if not files:
+            return Response({"detail": "no such raw file"}, status=status.HTTP_404_NOT_FOUND)
+        return Response([_reach_data(services.reach_of_raw_file(f)) for f in files])
+
+    @action(detail=False, methods=["get"])
+    def patient(self, request: Request) -> Response:
+        pseudonym = request.query_params.get("pseudonym", "").strip()
+        if not pseudonym or len(pseudonym) > 80:
+            raise ValidationError({"detail": "give ?pseudonym=<patient pseudonym>"})
+        return Response(_reach_data(services.reach_of_patient(pseudonym)))
+
+
+class AnnotationSetViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Label sets, append-only: create uploads a new version; there is no update or delete."""
+
+    allowed_roles = set(LABELS_READ)
+    action_roles = {"create": set(LABELS_WRITE)}
+    serializer_class = AnnotationSetSerializer
+    parser_classes = [MultiPartParser, FormParser, JSONParser]
+    queryset = AnnotationSet.objects.order_by("version_id", "name", "-number")
+
+    def get_queryset(self) -> Any:
+        qs = super().get_queryset()
+        version = self.request.query_params.get("version")
+        if self.action == "list" and version:
+            if not version.isdigit():
+                raise ValidationError({"version": "must be an id"})
+            qs = qs.filter(version_id=int(version))
+        return qs
+
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        data = AnnotationUploadSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        upload = data.validated_data["file"]
+        try:
+            created = services.add_annotation_set(
+                data.validated_data["version"],
+                name=data.validated_data["name"],
+                data=upload.read(services.MAX_ANNOTATION_BYTES + 1),
+                filename=upload.name,
+                quality_score=data.validated_data["quality_score"],
+                notes=data.validated_data["notes"],
+                acting_user=request.user,
+            )
+        except services.AnnotationError as exc:
+            raise ValidationError({"file": exc.errors}) from None
+        except services.DatasetError as exc:
+            raise ValidationError({"detail": str(exc)}) from None
+        return Response(AnnotationSetSerializer(created).data, status=status.HTTP_201_CREATED)
+
+
+routes = [
+    ("datasets/versions", DatasetVersionViewSet, "datasetversion"),
+    ("datasets/lineage", LineageViewSet, "datasetlineage"),
+    ("datasets/annotations", AnnotationSetViewSet, "annotationset"),
+]

@@ -1,6 +1,19 @@
+"""The datasets app: immutable WebDataset versions from released data, lineage, label sets."""
+
+from __future__ import annotations
+
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
 
 
 class DatasetsConfig(AppConfig):
     name = "apps.datasets"
     label = "datasets"
+    verbose_name = _("Datasets")
+
+    def ready(self) -> None:
+        from apps.core import navigation
+        from apps.datasets.views import LINEAGE, READ
+
+        navigation.register("datasets", _("Datasets"), "datasets:list", set(READ), order=400)
+        navigation.register("lineage", _("Lineage"), "datasets:lineage", set(LINEAGE), order=410)

@@ -1,2 +1,16 @@
+from django.urls import path
+
+from apps.datasets import views
+
 app_name = "datasets"
-urlpatterns: list = []
+urlpatterns = [
+    path("", views.version_list, name="list"),
+    path("build/", views.build, name="build"),
+    path("lineage/", views.lineage_search, name="lineage"),
+    path("<int:pk>/", views.version_detail, name="detail"),
+    path("<int:pk>/status/", views.version_status, name="status"),
+    path("<int:pk>/lineage/", views.version_lineage, name="version_lineage"),
+    path("<int:pk>/verify/", views.version_verify, name="verify"),
+    path("<int:pk>/labels/", views.annotation_list, name="annotations"),
+    path("<int:pk>/labels/new/", views.annotation_new, name="annotation_new"),
+]

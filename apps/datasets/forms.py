@@ -1,0 +1,78 @@
+"""Forms of the datasets pages. Validation that matters lives in the services; these only
+shape input and surface the services' refusals as field errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.utils.translation import gettext_lazy as _
+
+from apps.datasets import services
+from apps.deid.models import DeidRun
+
+
+class BuildForm(forms.Form):
+    """Build a new version. Only released runs are offered; a posted unreleased run id is
+    refused with the service's message naming it."""
+
+    name = forms.SlugField(label=_("Dataset name"), max_length=80)
+    runs = forms.ModelMultipleChoiceField(
+        label=_("Released de-identification runs"),
+        queryset=DeidRun.objects.all(),
+        widget=forms.CheckboxSelectMultiple,
+    )
+    target_shard_mb = forms.FloatField(
+        label=_("Target shard size (MB)"),
+        initial=512,
+        min_value=0.001,
+        max_value=services.MAX_SHARD_MB,
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        released = DeidRun.objects.filter(released_at__isnull=False).order_by("-released_at")
+        self.fields["runs"].widget.choices = [
+            (
+                run.pk,
+                _("run %(id)s · batch %(batch)s · %(ok)s files · released %(when)s")
+                % {
+                    "id": run.pk,
+                    "batch": run.batch_id,
+                    "ok": run.files_ok,
+                    "when": run.released_at.date().isoformat(),
+                },
+            )
+            for run in released
+        ]
+
+    def clean_runs(self) -> list[DeidRun]:
+        try:
+            return services.check_runs_packable(self.cleaned_data["runs"])
+        except services.DatasetError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
+class AnnotationForm(forms.Form):
+    name = forms.SlugField(label=_("Label set name"), max_length=80)
+    file = forms.FileField(
+        label=_("Labels (.jsonl or .csv, one row per label with a 'key' column)")
+    )
+    quality_score = forms.FloatField(label=_("Quality score (0–1)"), min_value=0, max_value=1)
+    notes = forms.CharField(label=_("Notes"), max_length=300, required=False)
+
+
+class LineageSearchForm(forms.Form):
+    """One box: a raw file id, a raw file SHA-256, or a patient pseudonym."""
+
+    q = forms.CharField(
+        label=_("Raw file id, SHA-256 or patient pseudonym"),
+        max_length=120,
+        strip=True,
+    )
+    kind = forms.ChoiceField(
+        label=_("Search for"),
+        choices=[("auto", _("Detect")), ("raw", _("Raw file")), ("patient", _("Patient"))],
+        initial="auto",
+        required=False,
+    )

@@ -1,0 +1,38 @@
+"""``manage.py verify_dataset ID`` or ``manage.py verify_dataset NAME --number N``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from apps.core.context import bound_context
+from apps.datasets import services
+from apps.datasets.models import DatasetVersion
+
+
+class Command(BaseCommand):
+    help = "Re-hash a dataset version against its manifest; exits non-zero on any difference."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("version", help="version id, or dataset name with --number")
+        parser.add_argument("--number", dest="number", type=int, default=None)
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        ref = opts["version"]
+        if opts["number"] is not None:
+            version = DatasetVersion.objects.filter(name=ref, number=opts["number"]).first()
+        else:
+            version = DatasetVersion.objects.filter(pk=int(ref)).first() if ref.isdigit() else None
+        if version is None:
+            raise CommandError(f"no dataset version {ref!r}")
+        with bound_context():
+            try:
+                report = services.verify_version(version)
+            except services.DatasetError as exc:
+                raise CommandError(str(exc)) from None
+        if not report.ok:
+            for p in report.problems:
+                self.stderr.write(f"{p['file']}: {p['problem']}")
+            raise CommandError(f"{version.label}: {report.summary()}")
+        self.stdout.write(f"{version.label}: {report.summary()}")

@@ -1,0 +1,193 @@
+"""Dataset versions packed from released de-identified data, their lineage and label sets.
+
+A :class:`DatasetVersion` is a folder of WebDataset shards in the format of
+``trainer/data/shards.py`` (DESIGN.md "The shard format"). Once ``ready`` it never changes: the
+files are read-only, the manifest's SHA-256 is stored here and a database trigger refuses any
+UPDATE of a finished row. :class:`DatasetMember` rows are the lineage: one per de-identified
+file packed, pointing at its raw file, run and sample, indexed both ways.
+:class:`DatasetUse` is the hook by which training runs and checkpoints record that they read a
+version. :class:`AnnotationSet` rows are append-only label sets (seed 2.4).
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+from apps.deid.models import DeidFileResult, DeidRun
+from apps.inventory.models import RawFile
+
+
+class DatasetVersion(models.Model):
+    """One immutable build ``<name> v<number>`` of shards + index + manifest.
+
+    ``root`` is the folder holding ``manifest.json``; ``manifest_sha256`` pins it, and the
+    manifest pins every shard and index file, so one hash verifies the whole version.
+    """
+
+    class Status(models.TextChoices):
+        BUILDING = "building", _("Building")
+        READY = "ready", _("Ready")
+        FAILED = "failed", _("Failed")
+
+    name = models.SlugField(_("name"), max_length=80)
+    number = models.PositiveIntegerField(_("version"))
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.BUILDING)
+    runs = models.ManyToManyField(DeidRun, related_name="dataset_versions")
+    root = models.CharField(max_length=500, blank=True)
+    target_shard_mb = models.FloatField(_("target shard size (MB)"))
+    build_settings = models.JSONField(default=dict, blank=True)  # as in the manifest
+    manifest_sha256 = models.CharField(max_length=64, blank=True)
+    shard_count = models.IntegerField(default=0)
+    bytes_total = models.BigIntegerField(default=0)
+    sample_count = models.IntegerField(default=0)
+    file_count = models.IntegerField(default=0)
+    modality_counts = models.JSONField(default=dict, blank=True)  # {text, image, waveform}
+    token_estimate = models.BigIntegerField(default=0)
+    skipped = models.JSONField(default=dict, blank=True)  # reason -> count (never packed)
+    progress_done = models.IntegerField(default=0)
+    progress_total = models.IntegerField(default=0)
+    error = models.CharField(max_length=300, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created = models.DateTimeField(auto_now_add=True, db_index=True)
+    # Set by the worker that claims the build; a stale claim (dead worker) may be re-taken.
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["name", "number"], name="dataset_version_unique"),
+            models.CheckConstraint(
+                condition=models.Q(target_shard_mb__gt=0), name="dataset_shard_size_positive"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.number}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} v{self.number}"
+
+    @property
+    def is_ready(self) -> bool:
+        return self.status == self.Status.READY
+
+
+class DatasetMember(models.Model):
+    """One de-identified file packed into one sample of one version (the lineage row).
+
+    ``patient_pseudonym`` is the sample's pseudonym, copied here so the consent-withdrawal
+    query is one indexed lookup even for files (WFDB signal files) whose own result has none.
+    """
+
+    version = models.ForeignKey(DatasetVersion, on_delete=models.CASCADE, related_name="members")
+    deid_result = models.ForeignKey(
+        DeidFileResult, on_delete=models.PROTECT, related_name="dataset_members"
+    )
+    raw_file = models.ForeignKey(RawFile, on_delete=models.PROTECT, related_name="dataset_members")
+    run = models.ForeignKey(DeidRun, on_delete=models.PROTECT, related_name="dataset_members")
+    sample_key = models.CharField(max_length=64)
+    patient_pseudonym = models.CharField(max_length=80, blank=True, db_index=True)
+    member = models.CharField(max_length=16)  # which part of the sample: img, txt, wav
+
+    class Meta:
+        ordering = ["version_id", "sample_key", "raw_file_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["version", "raw_file"], name="dataset_member_once"),
+        ]
+        indexes = [
+            models.Index(fields=["version", "sample_key"], name="dataset_member_sample"),
+            models.Index(fields=["raw_file", "version"], name="dataset_member_reach"),
+        ]
+
+    def __str__(self) -> str:
+        return f"member {self.pk} of {self.version_id}"
+
+
+class DatasetUse(models.Model):
+    """A consumer that read a dataset version: the lineage hook for training runs and
+    checkpoints (``consumer_kind`` like ``"jobs.trainingrun"`` or
+    ``"checkpoints.checkpoint"``). Written only through ``services.record_dataset_use``, by
+    the apps that own those consumers; datasets never imports them."""
+
+    version = models.ForeignKey(DatasetVersion, on_delete=models.PROTECT, related_name="uses")
+    consumer_kind = models.CharField(max_length=60)
+    consumer_id = models.CharField(max_length=64)
+    label = models.CharField(max_length=200, blank=True)  # ids only, shown in reports
+    recorded_at = models.DateTimeField(auto_now_add=True)
+    recorded_by_id = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["version_id", "consumer_kind", "consumer_id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["version", "consumer_kind", "consumer_id"], name="dataset_use_once"
+            )
+        ]
+        indexes = [models.Index(fields=["consumer_kind", "consumer_id"], name="dataset_use_kind")]
+
+    def __str__(self) -> str:
+        return f"{self.consumer_kind}:{self.consumer_id} used {self.version_id}"
+
+
+class VerifyCheck(models.Model):
+    """One re-hash of a version's files; kept as history because versions never change."""
+
+    version = models.ForeignKey(DatasetVersion, on_delete=models.CASCADE, related_name="checks")
+    ok = models.BooleanField()
+    problems = models.JSONField(default=list, blank=True)  # [{"file", "problem"}]
+    files_checked = models.IntegerField(default=0)
+    checked_at = models.DateTimeField(auto_now_add=True)
+    checked_by_id = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-checked_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"check {self.pk} of {self.version_id} ({'ok' if self.ok else 'broken'})"
+
+
+class AnnotationSet(models.Model):
+    """Version ``number`` of the label set ``name`` on a dataset version (seed 2.4).
+
+    Append-only: a new upload is a new row and a new write-once file; the database refuses
+    any UPDATE of a row, so an old label set can never be rewritten.
+    """
+
+    version = models.ForeignKey(
+        DatasetVersion, on_delete=models.PROTECT, related_name="annotation_sets"
+    )
+    name = models.SlugField(_("name"), max_length=80)
+    number = models.PositiveIntegerField(_("version"))
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created = models.DateTimeField(auto_now_add=True)
+    quality_score = models.FloatField(_("quality score"))
+    notes = models.CharField(_("notes"), max_length=300, blank=True)
+    path = models.CharField(max_length=500)
+    sha256 = models.CharField(max_length=64)
+    size = models.BigIntegerField()
+    format = models.CharField(max_length=8)  # jsonl or csv
+    label_count = models.IntegerField(default=0)
+    sample_count = models.IntegerField(default=0)
+
+    class Meta:
+        ordering = ["version_id", "name", "-number"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["version", "name", "number"], name="annotation_set_unique"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(quality_score__gte=0) & models.Q(quality_score__lte=1),
+                name="annotation_quality_0_1",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.number} on {self.version_id}"

@@ -1,0 +1,34 @@
+"""Thin Celery wrappers around the datasets services (the version row holds the truth)."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from apps.core.context import bound_context
+from apps.datasets import services
+
+
+@shared_task(
+    name="apps.datasets.tasks.pack_version",
+    acks_late=True,
+    # Packing terabytes takes hours; a worker that dies leaves a stale claim that a
+    # redelivered task may take over (services.STALE_CLAIM_SECONDS).
+    soft_time_limit=24 * 3600,
+    time_limit=24 * 3600 + 300,
+    max_retries=0,
+)
+def pack_version(version_id: int) -> dict[str, object]:
+    """Pack a ``building`` dataset version; idempotent (a finished one is left as it is)."""
+    with bound_context():
+        version = services.pack_version(version_id)
+    return {"version": version.pk, "status": version.status}
+
+
+@shared_task(name="apps.datasets.tasks.verify_version", acks_late=True, time_limit=6 * 3600)
+def verify_version(version_id: int) -> dict[str, object]:
+    """Re-hash a ready version (scheduled checks of the training working set)."""
+    from apps.datasets.models import DatasetVersion
+
+    with bound_context():
+        report = services.verify_version(DatasetVersion.objects.get(pk=version_id))
+    return {"version": version_id, "ok": report.ok, "problems": len(report.problems)}

@@ -1,0 +1,233 @@
+"""The datasets pages: versions, build, verify, lineage, label sets. Views stay thin."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from apps.core.access import roles
+from apps.core.htmx import is_htmx, render_page
+from apps.core.roles import AUDITOR, CLINICIAN, OPERATOR, PRIVACY, STEWARD
+from apps.datasets import registry, services
+from apps.datasets.filtersets import VersionFilterForm
+from apps.datasets.forms import AnnotationForm, BuildForm, LineageSearchForm
+from apps.datasets.models import AnnotationSet, DatasetVersion
+
+# Who sees what (docs/datasets.md): operators pick versions for training runs, auditors read.
+READ = (STEWARD, PRIVACY, OPERATOR, AUDITOR)
+BUILD = (STEWARD,)
+VERIFY = (STEWARD, PRIVACY, OPERATOR)
+LINEAGE = (PRIVACY, STEWARD, AUDITOR)
+LABELS_READ = (*READ, CLINICIAN)
+LABELS_WRITE = (STEWARD, CLINICIAN)
+PAGE_SIZE = 50
+
+
+def get_version(pk: int) -> DatasetVersion:
+    """The one lookup of a version for the pages (404 when it does not exist)."""
+    return get_object_or_404(DatasetVersion, pk=pk)
+
+
+@roles(*READ)
+@require_GET
+def version_list(request: HttpRequest) -> HttpResponse:
+    form = VersionFilterForm(request.GET or None)
+    qs = DatasetVersion.objects.select_related("created_by").order_by("name", "-number")
+    if form.is_bound:
+        qs = form.filter(qs) if form.is_valid() else qs.none()
+    page = Paginator(qs, PAGE_SIZE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render_page(
+        request,
+        "datasets/version_list.html",
+        "datasets/partials/version_table.html",
+        {"form": form, "page": page, "query": query.urlencode(), "can_build": _can(request, BUILD)},
+    )
+
+
+def _can(request: HttpRequest, names: tuple[str, ...]) -> bool:
+    from apps.core.access import roles_of
+
+    return bool(roles_of(request.user) & set(names))
+
+
+@roles(*READ)
+@require_GET
+def version_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    version = get_version(pk)
+    lineage = Paginator(services.lineage_of_version(version), PAGE_SIZE).get_page(1)
+    uses = [
+        (
+            use,
+            registry.consumer_kind(use.consumer_kind).label,
+            registry.consumer_url(use.consumer_kind, use.consumer_id),
+        )
+        for use in version.uses.all()
+    ]
+    return render(
+        request,
+        "datasets/version_detail.html",
+        {
+            "version": version,
+            "runs": version.runs.order_by("pk"),
+            "lineage": lineage,
+            "check": version.checks.first(),
+            "uses": uses,
+            "label_sets": version.annotation_sets.select_related("author")[:10],
+            "can_verify": _can(request, VERIFY),
+        },
+    )
+
+
+@roles(*READ)
+@require_GET
+def version_status(request: HttpRequest, pk: int) -> HttpResponse:
+    """The status panel; htmx polls it while the version is building."""
+    return render(request, "datasets/partials/status.html", {"version": get_version(pk)})
+
+
+@roles(*READ)
+@require_GET
+def version_lineage(request: HttpRequest, pk: int) -> HttpResponse:
+    version = get_version(pk)
+    page = Paginator(services.lineage_of_version(version), PAGE_SIZE).get_page(
+        request.GET.get("page")
+    )
+    return render_page(
+        request,
+        "datasets/lineage_page.html",
+        "datasets/partials/lineage_table.html",
+        {"version": version, "lineage": page},
+    )
+
+
+@roles(*VERIFY)
+@require_POST
+def version_verify(request: HttpRequest, pk: int) -> HttpResponse:
+    version = get_version(pk)
+    try:
+        report = services.verify_version(version, acting_user=request.user)
+    except services.DatasetError as exc:
+        if is_htmx(request):
+            return render(
+                request, "datasets/partials/verify_result.html", {"error": str(exc)}, status=409
+            )
+        messages.error(request, str(exc))
+        return redirect("datasets:detail", pk=pk)
+    if is_htmx(request):
+        return render(
+            request,
+            "datasets/partials/verify_result.html",
+            {"check": version.checks.first(), "report": report},
+        )
+    (messages.success if report.ok else messages.error)(request, report.summary())
+    return redirect("datasets:detail", pk=pk)
+
+
+@roles(*BUILD)
+@require_http_methods(["GET", "POST"])
+def build(request: HttpRequest) -> HttpResponse:
+    """The data steward's build form: only released runs can be chosen."""
+    form = BuildForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            version = services.request_build(
+                form.cleaned_data["name"],
+                form.cleaned_data["runs"],
+                target_shard_mb=form.cleaned_data["target_shard_mb"],
+                acting_user=request.user,
+            )
+        except services.DatasetError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, _("%(label)s is being built.") % {"label": version.label})
+            return redirect("datasets:detail", pk=version.pk)
+    status = 400 if request.method == "POST" else 200
+    return render(request, "datasets/build.html", {"form": form}, status=status)
+
+
+@roles(*LINEAGE)
+@require_GET
+def lineage_search(request: HttpRequest) -> HttpResponse:
+    """From a raw file (id or SHA-256) or a patient pseudonym to every version and consumer
+    it reached: the consent-withdrawal report."""
+    form = LineageSearchForm(request.GET or None)
+    reports = []
+    if form.is_bound and form.is_valid():
+        q, kind = form.cleaned_data["q"], form.cleaned_data.get("kind") or "auto"
+        if kind in ("auto", "raw"):
+            reports = [services.reach_of_raw_file(f) for f in services.find_raw_files(q)[:20]]
+        if kind == "patient" or (kind == "auto" and not reports):
+            reach = services.reach_of_patient(q)
+            reports = [reach] if reach.found else []
+    for report in reports:
+        report.use_rows = [  # type: ignore[attr-defined]
+            (
+                use,
+                registry.consumer_kind(use.consumer_kind).label,
+                registry.consumer_url(use.consumer_kind, use.consumer_id),
+            )
+            for use in report.uses
+        ]
+    return render_page(
+        request,
+        "datasets/lineage_search.html",
+        "datasets/partials/reach.html",
+        {"form": form, "reports": reports, "searched": form.is_bound and form.is_valid()},
+    )
+
+
+@roles(*LABELS_READ)
+@require_GET
+def annotation_list(request: HttpRequest, pk: int) -> HttpResponse:
+    version = get_version(pk)
+    sets = AnnotationSet.objects.filter(version=version).select_related("author")
+    return render(
+        request,
+        "datasets/annotation_list.html",
+        {"version": version, "sets": sets, "can_label": _can(request, LABELS_WRITE)},
+    )
+
+
+@roles(*LABELS_WRITE)
+@require_http_methods(["GET", "POST"])
+def annotation_new(request: HttpRequest, pk: int) -> HttpResponse:
+    """Upload a new version of a label set; earlier versions are never touched."""
+    version = get_version(pk)
+    form = AnnotationForm(request.POST or None, request.FILES or None)
+    errors: list[str] = []
+    if request.method == "POST" and form.is_valid():
+        upload = form.cleaned_data["file"]
+        try:
+            created = services.add_annotation_set(
+                version,
+                name=form.cleaned_data["name"],
+                data=upload.read(services.MAX_ANNOTATION_BYTES + 1),
+                filename=upload.name,
+                quality_score=form.cleaned_data["quality_score"],
+                notes=form.cleaned_data["notes"],
+                acting_user=request.user,
+            )
+        except services.AnnotationError as exc:
+            errors = exc.errors
+        except services.DatasetError as exc:
+            errors = [str(exc)]
+        else:
+            messages.success(
+                request,
+                _("Label set %(name)s v%(n)s stored.")
+                % {"name": created.name, "n": created.number},
+            )
+            return redirect("datasets:annotations", pk=pk)
+    status = 400 if request.method == "POST" else 200
+    return render(
+        request,
+        "datasets/annotation_form.html",
+        {"version": version, "form": form, "errors": errors},
+        status=status,
+    )

@@ -1,0 +1,126 @@
+"""The datasets API: builds refuse unreleased runs, verify, lineage, append-only label sets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from apps.datasets.models import AnnotationSet, DatasetVersion
+
+pytestmark = pytest.mark.django_db
+
+
+def test_creating_a_version_refuses_an_unreleased_run_naming_it(unreleased_world, as_role):
+    response = as_role("data_steward").post(
+        "/api/datasets/versions/",
+        {"name": "x", "runs": [unreleased_world.run.pk], "target_shard_mb": 1},
+        content_type="application/json",
+    )
+    assert response.status_code == 400
+    assert f"de-id run {unreleased_world.run.pk} is not released" in response.json()["detail"]
+    assert not DatasetVersion.objects.exists()
+
+
+def test_creating_a_version_queues_a_build(
+    world, as_role, monkeypatch, django_capture_on_commit_callbacks
+):
+    from apps.datasets import tasks
+
+    queued = []
+    monkeypatch.setattr(tasks.pack_version, "delay", queued.append)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = as_role("data_steward").post(
+            "/api/datasets/versions/",
+            {"name": "api-built", "runs": [world.run.pk], "target_shard_mb": 1},
+            content_type="application/json",
+        )
+    assert response.status_code == 202, response.content
+    assert response.json()["status"] == "building" and queued == [response.json()["id"]]
+
+
+def test_only_stewards_may_create_versions(world, as_role):
+    response = as_role("operator").post(
+        "/api/datasets/versions/",
+        {"name": "x", "runs": [world.run.pk]},
+        content_type="application/json",
+    )
+    assert response.status_code == 403
+
+
+def test_versions_are_listed_and_retrieved_with_counts(built, as_role):
+    client = as_role("auditor")
+    listed = client.get("/api/datasets/versions/?status=ready").json()
+    assert [v["id"] for v in listed["results"]] == [built.pk]
+    one = client.get(f"/api/datasets/versions/{built.pk}/").json()
+    assert one["modality_counts"] == {"text": 3, "image": 2, "waveform": 2}
+    assert one["manifest_sha256"] == built.manifest_sha256
+
+
+def test_the_verify_action_reports_differences(built, as_role):
+    client = as_role("operator")
+    assert client.post(f"/api/datasets/versions/{built.pk}/verify/").json()["ok"] is True
+    shard = sorted(Path(built.root).glob("shard-*.tar"))[0]
+    shard.chmod(0o644)
+    data = bytearray(shard.read_bytes())
+    data[600] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    body = client.post(f"/api/datasets/versions/{built.pk}/verify/").json()
+    assert body["ok"] is False and body["problems"][0]["file"] == shard.name
+    assert as_role("auditor").post(f"/api/datasets/versions/{built.pk}/verify/").status_code == 403
+
+
+def test_the_version_lineage_endpoint_lists_raw_files(built, world, as_role):
+    body = (
+        as_role("privacy_officer")
+        .get(f"/api/datasets/versions/{built.pk}/lineage/?limit=100")
+        .json()
+    )
+    assert body["count"] == 11
+    assert {r["raw_file"] for r in body["results"]} >= {world.raws["b_dat"].pk}
+
+
+def test_the_lineage_endpoints_answer_by_raw_file_and_patient(built, world, as_role):
+    client = as_role("privacy_officer")
+    by_id = client.get(f"/api/datasets/lineage/raw-file/?id={world.raws['a_ecg'].pk}").json()
+    assert [v["id"] for v in by_id[0]["versions"]] == [built.pk]
+    by_sha = client.get(
+        f"/api/datasets/lineage/raw-file/?sha256={world.raws['a_ecg'].sha256}"
+    ).json()
+    assert by_sha == by_id
+    by_patient = client.get("/api/datasets/lineage/patient/?pseudonym=P-CCCC").json()
+    assert [v["id"] for v in by_patient["versions"]] == [built.pk]
+    assert client.get("/api/datasets/lineage/raw-file/?id=999999").status_code == 404
+    assert (
+        as_role("operator").get("/api/datasets/lineage/patient/?pseudonym=P-CCCC").status_code
+        == 403
+    )
+
+
+def test_label_sets_are_uploaded_and_listed_but_never_updated(built, as_role):
+    keys = [
+        k
+        for f in sorted((Path(built.root) / "index").glob("*.json"))
+        for k in json.loads(f.read_text())["samples"]
+    ]
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    client = as_role("clinician_reviewer")
+    for label in ("a", "b"):
+        data = "".join(json.dumps({"key": k, "label": label}) + "\n" for k in keys).encode()
+        response = client.post(
+            "/api/datasets/annotations/",
+            {
+                "version": built.pk,
+                "name": "nodules",
+                "quality_score": 0.7,
+                "file": SimpleUploadedFile("l.jsonl", data),
+            },
+        )
+        assert response.status_code == 201, response.content
+    listed = client.get(f"/api/datasets/annotations/?version={built.pk}").json()["results"]
+    assert [s["number"] for s in listed] == [2, 1]
+    first = AnnotationSet.objects.get(number=1)
+    assert client.put(f"/api/datasets/annotations/{first.pk}/", {}).status_code == 405
+    assert client.delete(f"/api/datasets/annotations/{first.pk}/").status_code == 405

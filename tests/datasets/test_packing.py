@@ -1,0 +1,216 @@
+"""Packing released de-identified data into shards: grouping, content, determinism, refusal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from apps.audit.models import AuditEvent
+from apps.datasets import services
+from apps.datasets.models import DatasetMember, DatasetVersion
+from trainer.data.shards import ShardReader, read_manifest
+
+pytestmark = pytest.mark.django_db
+
+
+def _samples(version):
+    reader = ShardReader(version.root, verify=True)
+    try:
+        return {sample.key: sample for sample in reader}
+    finally:
+        reader.close()
+
+
+def _by_patient(samples):
+    return {s.meta["patient"]: s for s in samples.values()}
+
+
+def test_it_packs_one_sample_per_study_with_images_report_and_waveform(built):
+    samples = _by_patient(_samples(built))
+    assert sorted(samples) == ["P-AAAA", "P-BBBB", "P-CCCC"]
+    a, b, c = samples["P-AAAA"], samples["P-BBBB"], samples["P-CCCC"]
+    assert a.meta["modalities"] == ["text", "image", "waveform"]
+    assert b.meta["modalities"] == ["text", "image", "waveform"]
+    assert c.meta["modalities"] == ["text"]
+    assert "右上叶结节" in a.text
+    assert built.sample_count == 3
+    assert built.modality_counts == {"text": 3, "image": 2, "waveform": 2}
+
+
+def test_it_stacks_ct_slices_in_instance_order_as_int16_hounsfield_units(built, world):
+    a = _by_patient(_samples(built))["P-AAAA"]
+    (stack,) = a.images
+    assert stack.dtype == np.int16 and stack.shape == (3, 8, 8)
+    np.testing.assert_array_equal(stack, world.ct_hu)
+    record = a.meta["images"][0]
+    assert record["modality"] == "CT"
+    assert record["shape"] == [3, 8, 8]
+    assert record["spacing"] == [0.7, 0.7, 2.5]
+    assert record["rescale"] == {"slope": 1.0, "intercept": -1024.0, "applied": True}
+    assert record["window"] == [40.0, 400.0]
+
+
+def test_it_reads_edf_and_wfdb_waveforms_as_float32_channels_by_samples(built, world):
+    samples = _by_patient(_samples(built))
+    ecg = samples["P-AAAA"]
+    assert ecg.wave.dtype == np.float32 and ecg.wave.shape == (2, 512)
+    np.testing.assert_allclose(ecg.wave, world.ecg, atol=1e-3)
+    assert ecg.meta["waveform"]["sampling_rate"] == 256
+    assert ecg.meta["waveform"]["channels"] == ["I", "II"]
+    assert ecg.meta["waveform"]["units"] == ["uV", "uV"]
+    rec = samples["P-BBBB"]
+    np.testing.assert_allclose(rec.wave, world.wfdb, atol=1e-6)
+    assert rec.meta["waveform"]["channels"] == ["lead0", "lead1"]
+    assert rec.meta["waveform"]["units"] == ["mV", "mV"]
+
+
+def test_its_metadata_record_carries_profile_and_source_hashes_but_no_paths(built, world):
+    a = _by_patient(_samples(built))["P-AAAA"]
+    assert a.meta["format_version"] == 1
+    assert a.meta["deid_profile"] == "profile-test-1"
+    expected = sorted(
+        world.results[k].output_sha256 for k in ("a_ct1", "a_ct2", "a_ct3", "a_report", "a_ecg")
+    )
+    assert a.meta["sources"] == expected
+    assert "P-AAAA/" not in json.dumps(a.meta)  # no output paths
+
+
+def test_it_keys_samples_by_a_pseudonymous_stable_id(built):
+    for key in _samples(built):
+        assert key.startswith("s") and len(key) == 25
+        assert "study" not in key and "P-" not in key
+
+
+def test_it_never_packs_quarantined_errored_or_qa_excluded_files(built, world):
+    packed = set(DatasetMember.objects.filter(version=built).values_list("raw_file_id", flat=True))
+    for name in ("q_dicom", "e_note", "x_note"):
+        assert world.raws[name].pk not in packed
+    assert built.skipped == {"error": 1, "qa_excluded": 1, "quarantined": 1}
+    assert "P-XXXX" not in _by_patient(_samples(built))
+    manifest_files = {f["raw_file"] for f in read_manifest(built.root)["lineage"]["files"]}
+    assert manifest_files == {world.raws[name].pk for name in world.raws} - {
+        world.raws[n].pk for n in ("q_dicom", "e_note", "x_note")
+    }
+
+
+def test_it_skips_files_of_a_source_whose_consent_was_withdrawn(world):
+    world.source.consent_status = "withdrawn"
+    world.source.save()
+    version = services.build_version("c", [world.run], target_shard_mb=1, acting_user=None)
+    assert version.status == "failed"
+    assert "nothing to pack" in version.error and "consent_withdrawn: 11" in version.error
+
+
+def test_it_writes_a_manifest_with_hashes_counts_tokens_and_lineage(built, world):
+    manifest = read_manifest(built.root)
+    assert len(manifest["shards"]) == built.shard_count > 1  # small target size: several
+    assert manifest["samples"] == 3
+    assert manifest["token_estimate"] == built.token_estimate > 0
+    assert set(manifest["index_sha256"]) == {s["name"] for s in manifest["shards"]}
+    runs = manifest["lineage"]["runs"]
+    assert runs == [{"run": world.run.pk, "batch": world.batch.pk, "profile": "profile-test-1"}]
+    entry = next(f for f in manifest["lineage"]["files"] if f["raw_file"] == world.raws["b_dat"].pk)
+    assert entry["run"] == world.run.pk
+    assert entry["raw_sha256"] == world.raws["b_dat"].sha256
+    assert entry["output_sha256"] == world.results["b_dat"].output_sha256
+    assert built.manifest_sha256 and built.file_count == 11
+
+
+def test_it_is_deterministic_same_inputs_give_byte_identical_shards(world, tmp_path):
+    one = services.build_version(
+        "det", [world.run], target_shard_mb=0.004, acting_user=None, root=tmp_path / "one"
+    )
+    two = services.build_version(
+        "det", [world.run], target_shard_mb=0.004, acting_user=None, root=tmp_path / "two"
+    )
+    assert (one.number, two.number) == (1, 2)
+    files_one = sorted(p.relative_to(one.root) for p in Path(one.root).rglob("*") if p.is_file())
+    files_two = sorted(p.relative_to(two.root) for p in Path(two.root).rglob("*") if p.is_file())
+    assert files_one == files_two and len(files_one) > 3
+    for rel in files_one:
+        assert (Path(one.root) / rel).read_bytes() == (Path(two.root) / rel).read_bytes(), rel
+    assert one.manifest_sha256 == two.manifest_sha256
+
+
+def test_the_index_reads_every_sample_back_exactly(built):
+    reader = ShardReader(built.root)
+    try:
+        for i in range(len(reader)):
+            sample = reader[i]
+            again = reader[i]
+            assert sample.meta == again.meta
+            for ext in ("json", "txt", "img.npy", "wav.npy"):
+                data = reader.read_member(i, ext)
+                if data is not None:
+                    number, members = reader.locations[i]
+                    offset, length = members[ext]
+                    with open(Path(built.root) / reader.shard_names[number], "rb") as fh:
+                        fh.seek(offset)
+                        assert fh.read(length) == data
+    finally:
+        reader.close()
+
+
+def test_the_shards_are_plain_tars_webdataset_reads(built):
+    import webdataset as wds
+
+    names = sorted(str(p) for p in Path(built.root).glob("shard-*.tar"))
+    keys = {s["__key__"] for s in wds.WebDataset(names, shardshuffle=False)}
+    assert keys == set(_samples(built))
+
+
+def test_it_refuses_an_unreleased_run_and_names_it(unreleased_world):
+    with pytest.raises(
+        services.UnreleasedRunError, match=f"run {unreleased_world.run.pk} is not released"
+    ):
+        services.build_version("nope", [unreleased_world.run], target_shard_mb=1, acting_user=None)
+    assert not DatasetVersion.objects.exists()
+
+
+def test_it_refuses_a_mix_of_released_and_unreleased_runs(world, unreleased_world):
+    with pytest.raises(services.UnreleasedRunError, match=str(unreleased_world.run.pk)):
+        services.build_version(
+            "mix", [world.run, unreleased_world.run], target_shard_mb=1, acting_user=None
+        )
+
+
+def test_it_fails_the_build_when_a_released_output_changed_after_release(world):
+    path = Path(world.run.output_root) / world.results["a_report"].output_relpath
+    path.write_bytes(b"tampered")
+    version = services.build_version("t", [world.run], target_shard_mb=1, acting_user=None)
+    assert version.status == "failed"
+    assert f"de-id result {world.results['a_report'].pk}" in version.error
+    assert not Path(version.root).exists()
+    assert not list(Path(version.root).parent.glob(".*partial"))
+
+
+def test_a_ready_version_is_immutable_in_the_database_and_on_disk(built):
+    from django.db import DatabaseError, transaction
+
+    with pytest.raises(DatabaseError), transaction.atomic():
+        DatasetVersion.objects.filter(pk=built.pk).update(sample_count=999)
+    with pytest.raises(DatabaseError), transaction.atomic():
+        DatasetMember.objects.filter(version=built).update(sample_key="x")
+    shard = next(Path(built.root).glob("shard-*.tar"))
+    assert shard.stat().st_mode & 0o222 == 0
+
+
+def test_it_writes_the_audit_events_of_a_build(built, steward):
+    actions = list(
+        AuditEvent.objects.filter(resource=f"datasets.datasetversion:{built.pk}")
+        .order_by("seq")
+        .values_list("action", "user_id")
+    )
+    assert actions == [
+        ("datasets.version_build_requested", steward.pk),
+        ("datasets.version_built", None),
+    ]
+
+
+def test_a_second_build_of_the_same_name_gets_the_next_number(built, world):
+    again = services.build_version("ct-demo", [world.run], target_shard_mb=1, acting_user=None)
+    assert again.number == 2 and again.status == "ready"
+    assert Path(again.root).name == "v2" and Path(built.root).name == "v1"

@@ -1,0 +1,149 @@
+"""The datasets pages: who may use them, and that they refuse what the services refuse."""
+
+from __future__ import annotations
+
+import pytest
+
+from apps.core.roles import ALL_ROLES
+from apps.datasets.models import DatasetVersion
+
+pytestmark = pytest.mark.django_db
+
+# (url, roles allowed to GET it); "{pk}" is the built version.
+PAGES = [
+    ("/datasets/", {"data_steward", "privacy_officer", "operator", "auditor"}),
+    ("/datasets/{pk}/", {"data_steward", "privacy_officer", "operator", "auditor"}),
+    ("/datasets/{pk}/lineage/", {"data_steward", "privacy_officer", "operator", "auditor"}),
+    ("/datasets/{pk}/status/", {"data_steward", "privacy_officer", "operator", "auditor"}),
+    ("/datasets/build/", {"data_steward"}),
+    ("/datasets/lineage/", {"privacy_officer", "data_steward", "auditor"}),
+    (
+        "/datasets/{pk}/labels/",
+        {"data_steward", "privacy_officer", "operator", "auditor", "clinician_reviewer"},
+    ),
+    ("/datasets/{pk}/labels/new/", {"data_steward", "clinician_reviewer"}),
+]
+
+
+@pytest.mark.parametrize("role", sorted(ALL_ROLES))
+def test_each_role_sees_exactly_its_pages(role, built, as_role):
+    client = as_role(role)
+    for url, allowed in PAGES:
+        response = client.get(url.format(pk=built.pk))
+        expected = 200 if role in allowed else 403
+        assert response.status_code == expected, (url, role, response.status_code)
+
+
+def test_only_verifiers_may_post_verify(built, as_role):
+    url = f"/datasets/{built.pk}/verify/"
+    for role in sorted(ALL_ROLES):
+        response = as_role(role).post(url)
+        allowed = role in {"data_steward", "privacy_officer", "operator"}
+        assert response.status_code == (302 if allowed else 403), role
+
+
+def test_pages_of_a_missing_version_are_404(db, as_role):
+    client = as_role("data_steward")
+    for url in (
+        "/datasets/999/",
+        "/datasets/999/lineage/",
+        "/datasets/999/labels/",
+        "/datasets/999/labels/new/",
+        "/datasets/999/status/",
+    ):
+        assert client.get(url).status_code == 404, url
+
+
+def test_the_detail_page_shows_counts_manifest_and_lineage(built, world, as_role):
+    page = as_role("operator").get(f"/datasets/{built.pk}/").content.decode()
+    assert built.manifest_sha256 in page
+    assert f'data-raw-file="{world.raws["a_ct1"].pk}"' in page
+    assert 'data-verify="never"' in page
+    assert "P-AAAA/" not in page  # no de-identified paths, let alone raw ones
+
+
+def test_the_verify_button_shows_the_result(built, as_role):
+    response = as_role("operator").post(f"/datasets/{built.pk}/verify/", HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    assert 'data-verify="ok"' in response.content.decode()
+
+
+def test_the_build_form_offers_only_released_runs(world, unreleased_world, as_role):
+    page = as_role("data_steward").get("/datasets/build/").content.decode()
+    assert f'value="{world.run.pk}"' in page
+    assert f'value="{unreleased_world.run.pk}"' not in page
+
+
+def test_the_build_form_refuses_a_posted_unreleased_run_naming_it(unreleased_world, as_role):
+    response = as_role("data_steward").post(
+        "/datasets/build/",
+        {"name": "x", "runs": [unreleased_world.run.pk], "target_shard_mb": "1"},
+    )
+    assert response.status_code == 400
+    assert f"de-id run {unreleased_world.run.pk} is not released" in response.content.decode()
+    assert not DatasetVersion.objects.exists()
+
+
+def test_the_build_form_queues_a_build_of_released_runs(
+    world, as_role, monkeypatch, django_capture_on_commit_callbacks
+):
+    from apps.datasets import tasks
+
+    queued = []
+    monkeypatch.setattr(tasks.pack_version, "delay", queued.append)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = as_role("data_steward").post(
+            "/datasets/build/",
+            {"name": "from-form", "runs": [world.run.pk], "target_shard_mb": "1"},
+        )
+    version = DatasetVersion.objects.get(name="from-form")
+    assert response.status_code == 302 and response["Location"] == f"/datasets/{version.pk}/"
+    assert version.status == "building" and queued == [version.pk]
+    tasks.pack_version(version.pk)  # what the worker does
+    version.refresh_from_db()
+    assert version.status == "ready" and version.sample_count == 3
+
+
+def test_lineage_search_by_sha256_and_by_patient(built, world, as_role):
+    client = as_role("privacy_officer")
+    page = client.get("/datasets/lineage/", {"q": world.raws["a_ct1"].sha256}).content.decode()
+    assert f'data-version="{built.pk}"' in page
+    page = client.get("/datasets/lineage/", {"q": "P-BBBB"}).content.decode()
+    assert f'data-version="{built.pk}"' in page
+    page = client.get("/datasets/lineage/", {"q": "P-NOBODY"}).content.decode()
+    assert 'data-testid="not-found"' in page
+
+
+def test_a_label_set_is_uploaded_from_the_page(built, as_role):
+    import json
+    from pathlib import Path
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    keys = [
+        k
+        for f in sorted((Path(built.root) / "index").glob("*.json"))
+        for k in json.loads(f.read_text())["samples"]
+    ]
+    data = "".join(json.dumps({"key": k, "label": "x"}) + "\n" for k in keys).encode()
+    client = as_role("clinician_reviewer")
+    response = client.post(
+        f"/datasets/{built.pk}/labels/new/",
+        {
+            "name": "nodules",
+            "quality_score": "0.8",
+            "file": SimpleUploadedFile("labels.jsonl", data),
+        },
+    )
+    assert response.status_code == 302
+    page = client.get(f"/datasets/{built.pk}/labels/").content.decode()
+    assert "nodules" in page and "v1" in page
+    bad = client.post(
+        f"/datasets/{built.pk}/labels/new/",
+        {
+            "name": "nodules",
+            "quality_score": "0.8",
+            "file": SimpleUploadedFile("labels.jsonl", b'{"key": "nope"}\n'),
+        },
+    )
+    assert bad.status_code == 400 and "line 1" in bad.content.decode()

@@ -1,0 +1,78 @@
+"""verify_version re-hashes every file and names each difference."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from apps.audit.models import AuditEvent
+from apps.datasets import services
+from apps.datasets.models import VerifyCheck
+
+pytestmark = pytest.mark.django_db
+
+
+def _flip_a_byte(path: Path, at: int = 700) -> None:
+    os.chmod(path, 0o644)
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_it_reports_ok_for_an_untouched_version(built, steward):
+    report = services.verify_version(built, acting_user=steward)
+    assert report.ok and report.problems == []
+    assert report.files_checked == 1 + 2 * built.shard_count
+    check = VerifyCheck.objects.get(version=built)
+    assert check.ok and check.checked_by_id == steward.pk
+
+
+def test_it_catches_a_flipped_byte_in_a_shard(built):
+    shard = sorted(Path(built.root).glob("shard-*.tar"))[-1]
+    _flip_a_byte(shard)
+    report = services.verify_version(built)
+    assert not report.ok
+    assert [p["file"] for p in report.problems] == [shard.name]
+    assert "sha256" in report.problems[0]["problem"]
+
+
+def test_it_catches_a_changed_manifest(built):
+    _flip_a_byte(Path(built.root) / "manifest.json", at=5)
+    problems = services.verify_version(built).problems
+    assert problems[0]["file"] == "manifest.json"
+    assert "differs from the recorded" in problems[0]["problem"]
+
+
+def test_it_catches_a_changed_index_file(built):
+    index = sorted((Path(built.root) / "index").glob("*.json"))[0]
+    _flip_a_byte(index, at=3)
+    problems = services.verify_version(built).problems
+    assert problems == [
+        {"file": f"index/{index.name}", "problem": "sha256 differs from the manifest's"}
+    ]
+
+
+def test_it_catches_a_missing_shard_and_an_extra_file(built):
+    shard = sorted(Path(built.root).glob("shard-*.tar"))[0]
+    shard.unlink()
+    (Path(built.root) / "stray.bin").write_bytes(b"x")
+    problems = {p["file"]: p["problem"] for p in services.verify_version(built).problems}
+    assert problems == {shard.name: "missing", "stray.bin": "not in the manifest"}
+
+
+def test_it_records_each_check_in_the_audit_trail(built, steward):
+    services.verify_version(built, acting_user=steward)
+    event = AuditEvent.objects.get(action="datasets.version_verified")
+    assert event.resource == f"datasets.datasetversion:{built.pk}"
+    assert event.user_id == steward.pk
+
+
+def test_it_refuses_to_verify_a_version_that_is_not_ready(world):
+    failed = services.build_version("f", [world.run], target_shard_mb=1, acting_user=None)
+    Path(world.run.output_root, world.results["c_note"].output_relpath).unlink()
+    again = services.build_version("f", [world.run], target_shard_mb=1, acting_user=None)
+    assert failed.status == "ready" and again.status == "failed"
+    with pytest.raises(services.DatasetError, match="failed"):
+        services.verify_version(again)
