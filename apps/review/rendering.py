@@ -132,6 +132,8 @@ def presets_for(image: Image) -> list[dict[str, Any]]:
             {"key": "file", "label": "DICOM", "c": image.default_center, "w": image.default_width}
         )
     for key, label, c, w in WINDOW_PRESETS.get(image.modality.upper(), []):
+        if any(p["c"] == c and p["w"] == w for p in out):
+            continue  # the file's own window often is the soft-tissue one: one key, one look
         out.append({"key": key, "label": label, "c": c, "w": w})
     out.append({"key": "auto", "label": "Auto", "c": None, "w": None})
     return out

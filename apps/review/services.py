@@ -260,16 +260,19 @@ def next_item(batch: ReviewBatch, reviewer: User) -> ReviewItem | None:
                 return held
             if not ReviewBatch.objects.filter(pk=batch.pk, status=ReviewBatch.Status.OPEN).exists():
                 return None
-            candidates = (
+            free = (
                 ReviewItem.objects.filter(batch_id=batch.pk, status=ReviewItem.Status.PENDING)
                 .filter(_free(now))
                 .exclude(pk__in=Verdict.objects.filter(reviewer_id=reviewer.pk).values("item_id"))
                 .order_by("position")
             )
+            candidates = free
             if skip_locked:
-                candidates = candidates.select_for_update(skip_locked=True, of=("self",))
+                candidates = free.select_for_update(skip_locked=True, of=("self",))
             item = candidates.first()
             if item is None:
+                if skip_locked and free.exists():
+                    continue  # every free row was being claimed by someone else just now
                 return None
             lease = timedelta(seconds=batch.lease_seconds)
             taken = (

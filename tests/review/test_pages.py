@@ -55,7 +55,7 @@ def test_the_dicom_screen_has_presets_header_and_the_masked_box_overlay(batch, c
     item = lease(batch, cast["clinician_reviewer"], "dicom")
     html = client_as("clinician_reviewer").get(f"/review/items/{item.pk}/").content.decode()
     assert 'data-testid="dicom-viewer"' in html
-    assert "Soft tissue" in html and "Lung" in html  # CT presets
+    assert "DICOM" in html and "Lung" in html and "Bone" in html  # CT presets
     assert "PatientName" in html and "ANON^7F3A" in html  # the de-identified header
     assert 'id="overlay"' in html and 'class="box"' in html
     assert "left:3.125%" in html  # box x0=2 of 64 columns
