@@ -301,3 +301,34 @@ def test_the_task_processes_in_chunks_and_requeues(mixed, no_ocr_profile, monkey
         tasks.process_run.run(run.pk)
     run.refresh_from_db()
     assert run.status == "done" and run.files_done == run.files_total
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_racing_for_one_run_process_each_file_once(tmp_path, deid_keys, no_ocr_profile):
+    import threading
+
+    from django.db import connection
+
+    (tmp_path / "raw").mkdir()
+    batch = make_batch(make_source(tmp_path / "raw", tmp_path / "out"))
+    for i in range(12):
+        add_file(batch, f"n{i}.txt", note_bytes() + str(i).encode(), kind="text")
+    run = services.start_run(batch, profile=no_ocr_profile, acting_user=None, enqueue=False)
+    barrier = threading.Barrier(2)
+    outcomes = []
+
+    def worker():
+        try:
+            barrier.wait()
+            outcomes.append(services.process_run(run.pk, ocr=None))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(o.claimed for o in outcomes) == [False, True]
+    run.refresh_from_db()
+    assert run.status == "done" and run.results.count() == 12 == run.files_done == run.files_ok
