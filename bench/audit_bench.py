@@ -231,7 +231,8 @@ def main() -> None:
     if args.verify_only:
         for _ in range(args.verify_runs):
             seconds, summary = bench_verify()
-            print(f"audit_verify: {seconds:.2f} s  {summary}", flush=True)
+            load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+            print(f"audit_verify: {seconds:.2f} s  {summary} (load average {load})", flush=True)
         return
     ceiling = commit_ceiling()
     print(
@@ -257,8 +258,10 @@ def main() -> None:
     best = min(verify_times)
 
     print()
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
-        f"PostgreSQL {server}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
+        f"PostgreSQL {server}, {os.cpu_count()} CPUs (load average {load}), "
+        f"Python {sys.version.split()[0]}, "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     )
     print("| measure | result | goal | met |")

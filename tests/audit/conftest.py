@@ -1,4 +1,7 @@
-"""Audit test fixtures: an empty digest folder per test, and flushes that pass the triggers."""
+"""Audit test fixtures: an empty digest folder per test, events, a settable clock.
+
+(The flush that passes the append-only triggers is installed by tests/conftest.py.)
+"""
 
 from __future__ import annotations
 
@@ -7,22 +10,6 @@ from datetime import datetime
 import pytest
 from django.db import transaction
 from django.utils import timezone
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _audit_flush_allowed(django_db_setup, django_db_blocker):
-    """Django's flush after transactional tests would hit the append-only triggers.
-
-    Session-wide, because pytest-django's own autouse fixture tears the database down after
-    any function-scoped fixture of ours could undo a patch.
-    """
-    from django.db import connection
-
-    from apps.audit.testing import allow_flush
-
-    undo = allow_flush(connection)
-    yield
-    undo()
 
 
 @pytest.fixture(autouse=True)
