@@ -64,6 +64,9 @@ def test_the_detail_page_shows_counts_findings_and_quarantine_without_phi(client
     assert 'data-testid="quarantine"' in html
     assert "path_outside_raw_root" in html and "excluded_by_data_qa" in html
     assert 'data-count="quarantined">4<' in html
+    # plotly.js is vendored: the chart reads its numbers from a JSON block (no inline JS).
+    assert 'id="deid-chart-data" type="application/json"' in html
+    assert "vendor/plotly/plotly.min.js" in html and "js/deid.js" in html
     for value in PHI_VALUES:
         assert value not in html
     results = client_as(AUDITOR).get(f"/deid/runs/{done_run.pk}/results/").content.decode()

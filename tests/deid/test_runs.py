@@ -332,3 +332,23 @@ def test_two_workers_racing_for_one_run_process_each_file_once(tmp_path, deid_ke
     assert sorted(o.claimed for o in outcomes) == [False, True]
     run.refresh_from_db()
     assert run.status == "done" and run.results.count() == 12 == run.files_done == run.files_ok
+
+
+WFDB_HEADER = """ZY20240305 1 500 1000 10:32:00 05/03/2024
+ZY20240305.dat 16 200/mV 12 0 -3 1234 0 ECG lead I
+# 张伟 电话13812345678
+"""
+
+
+def test_a_wfdb_record_keeps_matching_pseudonymized_names(db, tmp_path, deid_keys, no_ocr_profile):
+    (tmp_path / "raw").mkdir()
+    batch = make_batch(make_source(tmp_path / "raw", tmp_path / "out"))
+    hea = add_file(batch, "ecg/ZY20240305.hea", WFDB_HEADER.encode(), kind="wfdb")
+    dat = add_file(batch, "ecg/ZY20240305.dat", bytes(range(256)) * 8, kind="wfdb")
+    run, _ = run_batch(batch, no_ocr_profile)
+    h, d = run.results.get(raw_file=hea), run.results.get(raw_file=dat)
+    assert (h.status, d.status) == ("ok", "ok"), (h.reason, d.reason)
+    assert Path(h.output_relpath).stem == Path(d.output_relpath).stem
+    assert "ZY20240305" not in h.output_relpath + d.output_relpath
+    header = (Path(run.output_root) / h.output_relpath).read_text()
+    assert f"{Path(d.output_relpath).name} 16" in header
