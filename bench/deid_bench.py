@@ -32,6 +32,7 @@ from apps.deid.engine import DeidProfile, ProjectKey, deidentify_dicom, deidenti
 from apps.deid.engine.profile import OcrSettings
 from apps.deid.engine.text import PatientContext, resident_id_check_char
 
+ROUNDS = 3
 SURNAMES = "王李张刘陈杨赵黄周吴徐孙胡朱高林何郭马罗"
 GIVEN = ["伟", "芳", "娜", "敏", "静", "丽", "强", "磊", "军", "洋", "建国", "秀英", "志强", "海涛"]
 EN_FIRST = ["John", "Mary", "Robert", "Linda", "Michael", "Susan", "David", "Karen"]
@@ -118,13 +119,17 @@ def bench_dicom(n: int) -> list[dict[str, Any]]:
     results = []
 
     def run(name: str, fn: Any) -> None:
-        t = time.perf_counter()
+        # Best of ROUNDS: the development machine is shared, so the fastest round is the
+        # closest to the tool's own cost.
+        dt = float("inf")
         try:
-            outs = [fn(b) for b, _ in files]
+            for _ in range(ROUNDS):
+                t = time.perf_counter()
+                outs = [fn(b) for b, _ in files]
+                dt = min(dt, time.perf_counter() - t)
         except Exception as exc:  # a peer failing is a result, not a crash of the bench
             results.append({"tool": name, "status": f"failed: {type(exc).__name__}: {exc}"[:200]})
             return
-        dt = time.perf_counter() - t
         leaked = total = 0
         for (_, secrets), out in zip(files, outs, strict=True):
             if out is None:
@@ -242,12 +247,17 @@ def bench_text(n: int) -> list[dict[str, Any]]:
             }
         )
 
-    t = time.perf_counter()
-    outs = [
-        deidentify_text(note, key=key, context=PatientContext.build(key, patient_id=str(i))).text
-        for i, (note, _, _) in enumerate(notes)
-    ]
-    score("medctl text engine (rules)", outs, time.perf_counter() - t)
+    dt = float("inf")
+    for _ in range(ROUNDS):
+        t = time.perf_counter()
+        outs = [
+            deidentify_text(
+                note, key=key, context=PatientContext.build(key, patient_id=str(i))
+            ).text
+            for i, (note, _, _) in enumerate(notes)
+        ]
+        dt = min(dt, time.perf_counter() - t)
+    score("medctl text engine (rules)", outs, dt)
     try:
         from presidio_analyzer import AnalyzerEngine  # noqa: F401
 
@@ -268,8 +278,11 @@ def main() -> None:
     ap.add_argument("--dicom", type=int, default=200)
     ap.add_argument("--notes", type=int, default=500)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--rounds", type=int, default=3, help="best of N rounds per tool")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
+    global ROUNDS
+    ROUNDS = max(1, args.rounds)
     report = {"dicom": bench_dicom(args.dicom), "text": bench_text(args.notes)}
     for section, rows in report.items():
         print(f"== {section}")
