@@ -214,3 +214,28 @@ def test_a_second_build_of_the_same_name_gets_the_next_number(built, world):
     again = services.build_version("ct-demo", [world.run], target_shard_mb=1, acting_user=None)
     assert again.number == 2 and again.status == "ready"
     assert Path(again.root).name == "v2" and Path(built.root).name == "v1"
+
+
+def test_the_worker_refuses_a_run_whose_release_was_withdrawn_after_the_request(world):
+    from apps.deid.models import DeidRun
+
+    version = services.request_build("late", [world.run], target_shard_mb=1, acting_user=None)
+    DeidRun.objects.filter(pk=world.run.pk).update(released_at=None)
+    version = services.pack_version(version.pk)
+    assert version.status == "failed"
+    assert f"de-id run {world.run.pk} is not released" in version.error
+    assert not Path(version.root).exists()
+
+
+def test_packing_twice_is_a_no_op_once_the_version_is_ready(built):
+    again = services.pack_version(built.pk)
+    assert again.status == "ready" and again.manifest_sha256 == built.manifest_sha256
+    assert DatasetMember.objects.filter(version=built).count() == 11
+
+
+def test_a_build_another_worker_holds_is_left_alone(world):
+    from django.utils import timezone
+
+    version = services.request_build("held", [world.run], target_shard_mb=1, acting_user=None)
+    DatasetVersion.objects.filter(pk=version.pk).update(claimed_at=timezone.now())
+    assert services.pack_version(version.pk).status == "building"
