@@ -90,7 +90,7 @@ class DeidEngine:
         self.vault = vault
         self._ocr = ocr
         self._pixel_cleaner: Any = None
-        self.text = TextDeidentifier(key, self.profile.text)
+        self.text = TextDeidentifier(key, self.profile.text, vault=vault)
 
     @property
     def pixel_cleaner(self) -> Any:

@@ -246,3 +246,13 @@ def test_a_name_introduced_with_a_cue_is_removed_where_it_recurs() -> None:
 def test_a_cued_address_stops_at_the_next_field() -> None:
     out = clean("住址：北京市朝阳区建国路88号  诊断：冠心病，职业：退休")
     assert "建国路" not in out and "诊断：冠心病" in out and "职业：退休" in out
+
+
+def test_reversible_tokens_are_stored_encrypted_when_a_vault_is_given() -> None:
+    from apps.deid.engine import PseudonymVault, TextDeidentifier
+
+    vault = PseudonymVault(b"t" * 32)
+    res = TextDeidentifier(KEY, vault=vault).deidentify("患者张伟，手机13812345678")
+    masks = re.findall(r"<[A-Z_]+_[0-9a-f]+>", res.text)
+    assert [vault.reveal("text", m) for m in masks] == ["张伟", "13812345678"]
+    assert "张伟".encode() not in b"".join(vault.store.values())

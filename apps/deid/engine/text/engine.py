@@ -12,6 +12,7 @@ from functools import lru_cache
 
 from ..keys import ProjectKey
 from ..profile import TextSettings
+from ..vault import PseudonymVault
 from .lexicon import SINGLE_SURNAMES
 from .rules import PRIORITY, Hit, find_hits, resolve
 
@@ -199,9 +200,18 @@ _LEARNED_ID_TYPES = {"MEDICAL_ID", "RESIDENT_ID", "PATIENT_ID", "PHONE", "EMAIL"
 class TextDeidentifier:
     """Reusable de-identifier (compiled state + the key); thread-safe for reads."""
 
-    def __init__(self, key: ProjectKey | None = None, settings: TextSettings | None = None) -> None:
+    def __init__(
+        self,
+        key: ProjectKey | None = None,
+        settings: TextSettings | None = None,
+        *,
+        vault: PseudonymVault | None = None,
+    ) -> None:
         self.key = key
         self.settings = settings or TextSettings()
+        # Optional reversible tokens: mask -> original text, AES-GCM encrypted in the vault
+        # (kind "text"), readable only through the audited privacy-officer service.
+        self.vault = vault
 
     # ---------------------------------------------------------------------------------
     def _known_hits(self, text: str, ctx: PatientContext) -> list[Hit]:
@@ -321,6 +331,8 @@ class TextDeidentifier:
             repl = h.replace(shift) if h.replace is not None else None
             if repl is None:
                 repl = self._mask(h.type, h.key, ctx.patient_key, masks)
+                if self.vault is not None and self.key is not None:
+                    self.vault.record("text", repl, text[h.start : h.end])
             out.append(repl)
             findings.append(
                 Finding(_PUBLIC_TYPE.get(h.type, h.type), h.start, h.end, olen, olen + len(repl))
