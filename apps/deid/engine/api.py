@@ -90,7 +90,9 @@ class DeidEngine:
         self.vault = vault
         self._ocr = ocr
         self._pixel_cleaner: Any = None
-        self.text = TextDeidentifier(key, self.profile.text, vault=vault)
+        self.text = TextDeidentifier(
+            key, self.profile.text, vault=vault if self.profile.text.reversible else None
+        )
 
     @property
     def pixel_cleaner(self) -> Any:

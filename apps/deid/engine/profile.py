@@ -90,6 +90,8 @@ class TextSettings:
     shift_dates: bool = True
     detect_names: bool = True
     age_threshold: int = 89
+    # Store mask -> original encrypted in the vault (kind "text") when the engine has one.
+    reversible: bool = False
 
 
 @dataclass(frozen=True)
