@@ -26,6 +26,7 @@ from apps.inventory.forms import CSVImportForm, DataSourceForm, ExcludeForm
 from apps.inventory.models import (
     DataSource,
     IngestBatch,
+    QACheck,
     QACheckResult,
     RawFile,
 )
@@ -279,9 +280,12 @@ def _qa_page(request: HttpRequest, scope: dict[str, Any], base: Q, template_titl
         "results": page.object_list,
         "query": _query(request),
         "exclude_form": ExcludeForm(),
-        "summary": qs.values("check_type", "result")
-        .annotate(n=Count("id"))
-        .order_by("check_type", "result"),
+        "summary": [
+            {**row, "label": QACheck(row["check_type"]).label}
+            for row in qs.values("check_type", "result")
+            .annotate(n=Count("id"))
+            .order_by("check_type", "result")
+        ],
     }
     response = render_page(
         request, "inventory/qa_list.html", "inventory/partials/qa_table.html", context
