@@ -727,6 +727,13 @@ def deidentify_dicom(
         meta = getattr(ds, "file_meta", None)
         if meta is not None and str(meta.get("MediaStorageSOPClassUID", "")) == _DICOMDIR_CLASS:
             raise UnsupportedInputError("DICOMDIR index files are not released", reason="dicomdir")
+        if "EncapsulatedDocument" in ds:
+            # An embedded PDF/CDA carries its own (often compressed) text that no header rule
+            # reaches; it needs a document de-identifier, not a pass-through.
+            raise UnsupportedInputError(
+                "encapsulated document (PDF/CDA/STL) cannot be cleaned",
+                reason="encapsulated_document",
+            )
         deid = DicomDeidentifier(key, profile, vault=vault)
         ctx = patient_context(ds, key)
         pixels_cleaned = False

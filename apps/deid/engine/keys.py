@@ -12,9 +12,16 @@ import base64
 import hashlib
 import hmac
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 # Domain-separation prefix: a key used here never collides with another use of the same secret.
 _PREFIX = b"medctl-deid/v1/"
+
+
+@lru_cache(maxsize=256)
+def _subkey(secret: bytes, label: str) -> bytes:
+    # Derived once per (secret, label): the walk derives UIDs for every element.
+    return hmac.new(secret, _PREFIX + label.encode(), hashlib.sha256).digest()
 
 
 @dataclass(frozen=True)
@@ -35,7 +42,7 @@ class ProjectKey:
             raise ValueError(f"max_date_shift_days must be >= 1, got {self.max_date_shift_days}")
 
     def _subkey(self, label: str) -> bytes:
-        return hmac.new(self.secret, _PREFIX + label.encode(), hashlib.sha256).digest()
+        return _subkey(self.secret, label)
 
     def digest(self, label: str, value: str | bytes) -> bytes:
         """HMAC-SHA256 of ``value`` under the sub-key for ``label``."""

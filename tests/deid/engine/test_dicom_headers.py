@@ -477,3 +477,11 @@ def test_phi_inserted_into_random_elements_is_removed(
     assert res.status == "ok", res.reason
     secret = value.removeprefix("患者").removeprefix("MRN ")
     assert secret not in "\n".join(all_strings(read(res.output)))
+
+
+def test_encapsulated_documents_are_quarantined(key, make_dataset, dataset_bytes) -> None:
+    ds = make_dataset()
+    ds.EncapsulatedDocument = b"%PDF-1.4 Zhang Wei ZY20240305"
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    res = deidentify_dicom(dataset_bytes(ds), key=key, profile=NO_OCR)
+    assert res.status == "quarantined" and "encapsulated_document" in res.reason
