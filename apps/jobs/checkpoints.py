@@ -128,3 +128,14 @@ def latest_metrics(save_dir: str, *, tail_bytes: int = 65536) -> dict[str, Any] 
         if isinstance(record, dict) and record.get("event") != "config":
             return record
     return None
+
+
+def requeue_marker(save_dir: str) -> dict[str, Any] | None:
+    """The trainer's ``requeue.json`` (written after its stop checkpoint, deleted by the next
+    attempt when it starts): the launcher-independent "requeue me", since torchrun exits 1
+    when its workers exit 75."""
+    try:
+        data = json.loads((Path(save_dir) / "requeue.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -810,9 +810,21 @@ def _follow_run(attempt: Attempt) -> None:
 
 
 def _wants_auto_requeue(attempt: Attempt) -> bool:
+    """Node failure, pre-emption, or the trainer asked for it: exit 75, or (under torchrun,
+    which exits 1) its requeue.json written while this attempt ran."""
     if attempt.state in AUTO_REQUEUE_STATES:
         return True
-    return attempt.state == AttemptState.FAILED and attempt.exit_code == EXIT_REQUEUE
+    if attempt.state != AttemptState.FAILED:
+        return False
+    if attempt.exit_code == EXIT_REQUEUE:
+        return True
+    run = attempt.run
+    marker = ckpt.requeue_marker(f"{run_dir(run.name, run.pk)}/checkpoints")
+    if not marker or marker.get("exit_code") != EXIT_REQUEUE:
+        return False
+    started = attempt.started_at or attempt.submitted_at
+    written = marker.get("time")
+    return bool(started and isinstance(written, int | float) and written >= started.timestamp())
 
 
 def _set_run_state(

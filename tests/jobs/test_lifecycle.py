@@ -395,3 +395,17 @@ def test_state_changes_are_pushed_to_the_runs_watchers(fake, launched):
 def test_run_spec_round_trips_through_the_model(launched):
     assert isinstance(services.run_spec_of(launched), RunSpec)
     assert services.run_spec_of(launched).name == "tiny-run"
+
+
+def test_under_torchrun_the_trainers_requeue_marker_counts_as_exit_75(fake, launched, run_tasks):
+    fake.set("100", "RUNNING", start_time=services.timezone.now())
+    services.reconcile()
+    save_dir = save_dir_of(launched)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    marker = {"exit_code": 75, "signal": 10, "step": 7, "time": services.timezone.now().timestamp()}
+    (save_dir / "requeue.json").write_text(json.dumps(marker))
+    fake.set("100", "FAILED", exit_code=1)  # torchrun exits 1 when its workers exit 75
+    services.reconcile()
+    run_tasks()
+    launched.refresh_from_db()
+    assert launched.auto_requeues == 1 and attempt_of(launched, 2).trigger == "auto"

@@ -1,0 +1,272 @@
+"""The runs pages and the API: who may do what, the preview step, hostile input, actions."""
+
+from __future__ import annotations
+
+import pytest
+
+from apps.jobs import services
+from apps.jobs.models import RunState, TrainingRun
+
+pytestmark = pytest.mark.django_db
+
+READERS = ["operator", "admin", "project_manager", "auditor"]
+OTHERS = ["clinician_reviewer", "data_steward", "privacy_officer"]
+
+
+def form_data(version, **kw):
+    data = {
+        "name": "tiny-run",
+        "preset": "tiny",
+        "dataset_version": version.pk,
+        "engine": "single",
+        "nodes": 1,
+        "gpus_per_node": 0,
+        "tensor_parallel": 1,
+        "pipeline_parallel": 1,
+        "data_parallel": 1,
+        "zero_stage": 3,
+        "micro_batch_size": 2,
+        "global_batch_size": 4,
+        "seq_len": 64,
+        "max_steps": 3,
+        "loader_workers": 1,
+        "time_limit_minutes": 10,
+        "partition": "",
+        "account": "",
+        "qos": "",
+        "launcher": "direct",
+        "resume_policy": "latest",
+        "max_auto_requeues": 3,
+    }
+    data.update(kw)
+    return data
+
+
+@pytest.fixture
+def run(fake, run_tasks, make_spec, operator):
+    run = services.launch_run(make_spec(), acting_user=operator)
+    run_tasks()
+    return run
+
+
+@pytest.mark.parametrize("role", READERS)
+def test_readers_see_the_list_the_detail_the_script_and_the_cluster(role, client_as, run):
+    client = client_as(role)
+    assert client.get("/jobs/").status_code == 200
+    page = client.get(f"/jobs/runs/{run.pk}/")
+    assert page.status_code == 200
+    assert b"tiny-run" in page.content and b"#SBATCH --signal=USR1@120" in page.content
+    attempt = run.attempts.get()
+    script = client.get(f"/jobs/attempts/{attempt.pk}/script/")
+    assert script.status_code == 200 and script.content.decode() == attempt.script
+    cluster = client.get("/jobs/cluster/")
+    assert cluster.status_code == 200 and b"6 of 8 GPUs free" in cluster.content
+
+
+@pytest.mark.parametrize("role", OTHERS)
+def test_other_roles_are_refused_everywhere(role, client_as, run):
+    client = client_as(role)
+    for url in (
+        "/jobs/",
+        f"/jobs/runs/{run.pk}/",
+        "/jobs/new/",
+        "/jobs/cluster/",
+        "/api/jobs/runs/",
+        "/api/jobs/cluster/",
+    ):
+        assert client.get(url).status_code == 403, url
+    assert client.post(f"/jobs/runs/{run.pk}/cancel/").status_code == 403
+
+
+@pytest.mark.parametrize("role", ["project_manager", "auditor"])
+def test_read_only_roles_cannot_launch_or_act(role, client_as, run, make_version):
+    client = client_as(role)
+    assert client.get("/jobs/new/").status_code == 403
+    for action in ("cancel", "requeue", "resume"):
+        assert client.post(f"/jobs/runs/{run.pk}/{action}/").status_code == 403
+        assert client.post(f"/api/jobs/runs/{run.pk}/{action}/").status_code == 403
+    body = form_data(make_version()) | {"dataset_version": make_version().pk}
+    assert client.post("/api/jobs/runs/", body, content_type="application/json").status_code == 403
+    page = client.get(f"/jobs/runs/{run.pk}/")
+    assert b'data-testid="cancel"' not in page.content
+
+
+def test_unknown_ids_are_404_never_500(client_as, fake):
+    client = client_as("operator")
+    for url in (
+        "/jobs/runs/1/",
+        "/jobs/attempts/1/script/",
+        "/api/jobs/runs/1/",
+        "/api/jobs/attempts/1/",
+    ):
+        assert client.get(url).status_code == 404, url
+    assert client.post("/jobs/runs/1/cancel/").status_code == 404
+
+
+def test_the_launch_form_previews_the_plan_and_script_before_creating_anything(
+    client_as, fake, no_task_queue, make_version
+):
+    client = client_as("operator")
+    assert client.get("/jobs/new/").status_code == 200
+    version = make_version()
+    preview = client.post("/jobs/new/", form_data(version, preview="1"))
+    assert preview.status_code == 200
+    assert b'data-testid="script"' in preview.content and b"--resume latest" in preview.content
+    assert b'data-testid="launch"' in preview.content
+    assert TrainingRun.objects.count() == 0
+    launched = client.post("/jobs/new/", form_data(version, launch="1"))
+    run = TrainingRun.objects.get()
+    assert launched.status_code == 302 and launched["Location"] == f"/jobs/runs/{run.pk}/"
+    assert run.created_by.username == "u_operator" and run.state == RunState.SUBMITTING
+
+
+def test_the_form_shows_every_planner_error_on_its_field(client_as, fake, make_version):
+    version = make_version(shards=2)
+    response = client_as("operator").post(
+        "/jobs/new/", form_data(version, data_parallel=2, loader_workers=4, preview="1")
+    )
+    assert response.status_code == 400
+    assert b'data-error-for="data_parallel"' in response.content
+    assert b'data-error-for="loader_workers"' in response.content
+    assert b'data-testid="script"' not in response.content
+
+
+def test_the_form_offers_ready_dataset_versions_only(client_as, fake, make_version):
+    ready, building = make_version(), make_version(status="building")
+    response = client_as("operator").post("/jobs/new/", form_data(building, preview="1"))
+    assert response.status_code == 400
+    assert b'data-error-for="dataset_version"' in response.content
+    page = client_as("operator").get("/jobs/new/").content.decode()
+    assert f">{ready.label}</option>" in page and f">{building.label}</option>" not in page
+
+
+def test_the_form_shows_the_memory_warning(client_as, fake, make_version):
+    version = make_version(shards=4096)
+    data = form_data(
+        version,
+        preset="70b",
+        engine="deepspeed",
+        nodes=8,
+        gpus_per_node=8,
+        data_parallel=64,
+        zero_stage=2,
+        global_batch_size=128,
+        seq_len=8192,
+        preview="1",
+    )
+    response = client_as("operator").post("/jobs/new/", data)
+    assert response.status_code == 200, response.context["form"].errors
+    assert b'data-testid="plan-warning"' in response.content
+
+
+@pytest.mark.parametrize("bad", ["; rm -rf ~", "$(id)", "a\nb", "x'y", "../x", "`id`"])
+def test_hostile_names_are_refused_by_the_form_and_the_api(bad, client_as, fake, make_version):
+    version = make_version()
+    client = client_as("operator")
+    for field in ("name", "partition", "account", "qos"):
+        response = client.post("/jobs/new/", form_data(version, **{field: bad}, launch="1"))
+        assert response.status_code == 400, field
+        api = client.post(
+            "/api/jobs/runs/", form_data(version, **{field: bad}), content_type="application/json"
+        )
+        assert api.status_code == 400, field
+    assert TrainingRun.objects.count() == 0
+
+
+def test_the_run_page_explains_a_pending_reason(client_as, fake, run):
+    fake.set("100", "PENDING", reason="Resources")
+    services.reconcile()
+    page = client_as("auditor").get(f"/jobs/runs/{run.pk}/").content.decode()
+    assert 'data-testid="reason"' in page and "free nodes/GPUs" in page
+
+
+def test_the_runs_list_filters_by_state_owner_and_dataset(client_as, fake, run, cast):
+    client = client_as("operator")
+    assert b"tiny-run" in client.get("/jobs/?state=queued").content
+    assert b"tiny-run" not in client.get("/jobs/?state=running").content
+    assert b"tiny-run" in client.get(f"/jobs/?owner={cast['operator'].pk}").content
+    assert b"tiny-run" not in client.get(f"/jobs/?owner={cast['admin'].pk}").content
+    assert b"tiny-run" not in client.get(f"/jobs/?dataset={run.dataset_version_id + 99}").content
+    assert client.get("/jobs/?state=bogus").status_code == 400
+
+
+def test_cancel_from_the_page(client_as, fake, run, run_tasks):
+    response = client_as("operator").post(f"/jobs/runs/{run.pk}/cancel/")
+    run_tasks()
+    assert response.status_code == 302
+    run.refresh_from_db()
+    assert run.state == RunState.CANCELLED
+
+
+def test_the_api_launches_lists_and_acts(client_as, fake, run_tasks, make_version):
+    client = client_as("operator")
+    version = make_version()
+    preview = client.post(
+        "/api/jobs/runs/preview/", form_data(version), content_type="application/json"
+    )
+    assert preview.status_code == 200 and "--resume latest" in preview.json()["script"]
+    created = client.post("/api/jobs/runs/", form_data(version), content_type="application/json")
+    assert created.status_code == 201, created.content
+    run_id = created.json()["id"]
+    run_tasks()
+    body = client.get(f"/api/jobs/runs/{run_id}/").json()
+    assert body["state"] == "queued" and body["current_attempt"]["job_id"] == "100"
+    listed = client.get("/api/jobs/runs/?state=queued").json()
+    assert [r["id"] for r in listed["results"]] == [run_id]
+    attempts = client.get(f"/api/jobs/attempts/?run={run_id}").json()["results"]
+    assert attempts[0]["token"] in fake.specs["100"].comment
+    assert client.post(f"/api/jobs/runs/{run_id}/resume/").status_code == 409
+    assert client.post(f"/api/jobs/runs/{run_id}/cancel/").status_code == 202
+    run_tasks()
+    assert client.get(f"/api/jobs/runs/{run_id}/").json()["state"] == "cancelled"
+    cluster = client.get("/api/jobs/cluster/").json()
+    assert cluster["total_gpus"] == 8 and cluster["free_gpus"] == 6
+
+
+def test_the_api_returns_planner_errors_by_field(client_as, fake, make_version):
+    response = client_as("operator").post(
+        "/api/jobs/runs/",
+        form_data(make_version(), data_parallel=3),
+        content_type="application/json",
+    )
+    assert response.status_code == 400 and "data_parallel" in response.json()
+
+
+def test_the_runs_api_list_does_not_query_per_run(
+    client_as, fake, run_tasks, make_spec, operator, django_assert_max_num_queries
+):
+    for n in range(5):
+        services.launch_run(make_spec(name=f"r{n}"), acting_user=operator)
+    run_tasks()
+    client = client_as("operator")
+    client.get("/api/jobs/runs/")  # warm the session and role caches
+    with django_assert_max_num_queries(12):
+        assert len(client.get("/api/jobs/runs/").json()["results"]) == 5
+
+
+@pytest.mark.django_db(transaction=True)  # the consumer queries from its own thread
+def test_the_websocket_sends_the_state_and_log_tail_to_readers_only(run, cast):
+    from asgiref.sync import async_to_sync
+    from channels.testing import WebsocketCommunicator
+
+    from apps.jobs.consumers import RunConsumer
+
+    async def talk(user, pk):
+        app = RunConsumer.as_asgi()
+        comm = WebsocketCommunicator(app, f"/ws/jobs/runs/{pk}/")
+        comm.scope["user"] = user
+        comm.scope["url_route"] = {"kwargs": {"pk": pk}}
+        connected, code = await comm.connect()
+        messages = []
+        if connected:
+            messages.append(await comm.receive_json_from())
+            messages.append(await comm.receive_json_from())
+            await comm.disconnect()
+        return connected, code, messages
+
+    connected, _, messages = async_to_sync(talk)(cast["auditor"], run.pk)
+    assert connected
+    assert messages[0] == {"type": "run.state", "state": "queued"}
+    assert messages[1]["type"] == "log.tail" and "log of 100" in messages[1]["text"]
+    connected, code, _ = async_to_sync(talk)(cast["data_steward"], run.pk)
+    assert not connected and code == 4403

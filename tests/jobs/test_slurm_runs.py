@@ -1,0 +1,206 @@
+"""Runs against the REAL single-node Slurm of deploy/slurm (marked ``slurm``).
+
+The batch script is tests/jobs/templates/train.sbatch (same context as the real template; it
+sleeps and exits instead of training), so these tests prove the control plane's side:
+submission, reconciliation, cancel, requeue, resume, idempotent retry and per-user identity.
+Without Slurm they skip; with MEDCTL_REQUIRE_SERVICES=1 they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from apps.jobs import services
+from apps.jobs.models import Attempt, AttemptState, RunState, TrainingRun
+from tests.conftest import require_service
+
+pytestmark = [pytest.mark.slurm, pytest.mark.django_db]
+
+TOKEN_ENV = os.environ.get("MEDCTL_SLURMRESTD_ENV", "/run/slurmrestd/token.env")
+
+
+def _slurm_up() -> tuple[bool, str]:
+    from apps.jobs.schedulers import SchedulerError, get_scheduler
+
+    try:
+        info = get_scheduler("slurm", {"timeout": 15}).cluster_info()
+    except SchedulerError as exc:
+        return False, exc.message
+    usable = [n for n in info.nodes if n.state.split("+")[0] in ("idle", "mixed", "allocated")]
+    return bool(usable), f"no usable node in {[n.state for n in info.nodes]}"
+
+
+@pytest.fixture
+def slurm_runs(settings, tiny_template):
+    """Jobs go to real Slurm; run folders in a world-writable scratch folder (jobs submitted
+    through slurmrestd run as the token's user, not as root)."""
+    ok, why = _slurm_up()
+    require_service("Slurm", ok, why)
+    root = tempfile.mkdtemp(prefix="medctl-runs-", dir="/tmp")
+    os.chmod(root, 0o1777)  # noqa: S103 - scratch for jobs of another user
+    settings.JOBS_RUNS_ROOT = root
+    settings.JOBS_RUN_DIR_MODE = 0o777
+    settings.JOBS_SCHEDULER = "slurm"
+    settings.JOBS_SCHEDULER_OPTIONS = {"slurm": {"timeout": 30}}
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def wait_for_run(run: TrainingRun, *states: str, timeout: float = 90) -> TrainingRun:
+    deadline = time.monotonic() + timeout
+    while True:
+        services.reconcile()
+        run.refresh_from_db()
+        if run.state in states or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert run.state in states, (run.state, list(run.attempts.values("state", "reason", "error")))
+    return run
+
+
+def wait_for_attempt(attempt: Attempt, predicate, timeout: float = 90) -> Attempt:
+    deadline = time.monotonic() + timeout
+    while True:
+        services.reconcile()
+        attempt.refresh_from_db()
+        if predicate(attempt) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert predicate(attempt), (attempt.state, attempt.restarts, attempt.reason)
+    return attempt
+
+
+def launch(make_spec, operator, run_tasks, **kw) -> TrainingRun:
+    run = services.launch_run(make_spec(scheduler="slurm", **kw), acting_user=operator)
+    run_tasks()
+    run.refresh_from_db()
+    return run
+
+
+def test_a_run_goes_pending_running_completed_and_resumes(
+    slurm_runs, make_spec, operator, run_tasks
+):
+    run = launch(make_spec, operator, run_tasks, name="slurm-ok", max_steps=3)
+    attempt = run.attempts.get()
+    assert attempt.job_id.isdigit() and attempt.submitted_as
+    wait_for_run(run, RunState.RUNNING, RunState.COMPLETED)
+    wait_for_run(run, RunState.COMPLETED)
+    attempt.refresh_from_db()
+    assert attempt.state == AttemptState.COMPLETED and attempt.exit_code == 0
+    assert attempt.started_at and attempt.ended_at
+    log = (
+        Path(slurm_runs)
+        / f"slurm-ok-{run.pk}"
+        / "logs"
+        / f"medctl-slurm-ok-{run.pk}-{attempt.job_id}.out"
+    )
+    assert f"medctl test job {attempt.job_id}" in log.read_text()
+    # Resume: a second attempt, a second job, completed too.
+    second = services.resume_run(run, acting_user=operator)
+    run_tasks()
+    second.refresh_from_db()
+    assert second.number == 2 and second.job_id and second.job_id != attempt.job_id
+    wait_for_run(run, RunState.COMPLETED)
+
+
+def test_a_failing_job_fails_the_run_with_its_exit_code(slurm_runs, make_spec, operator, run_tasks):
+    run = launch(make_spec, operator, run_tasks, name="slurm-fail", max_steps=1)
+    wait_for_run(run, RunState.FAILED)
+    assert run.attempts.get().exit_code == 3
+
+
+def test_cancel_stops_a_running_job(slurm_runs, make_spec, operator, run_tasks):
+    run = launch(make_spec, operator, run_tasks, name="slurm-cancel", max_steps=120)
+    wait_for_run(run, RunState.RUNNING)
+    services.cancel_run(run, acting_user=operator)
+    run_tasks()
+    wait_for_run(run, RunState.CANCELLED, timeout=60)
+    assert run.attempts.get().state == AttemptState.CANCELLED
+
+
+def test_requeue_restarts_the_same_job_and_counts_it(slurm_runs, make_spec, operator, run_tasks):
+    run = launch(make_spec, operator, run_tasks, name="slurm-requeue-me", max_steps=120)
+    wait_for_run(run, RunState.RUNNING)
+    attempt = run.attempts.get()
+    services.requeue_run(run, acting_user=operator)
+    run_tasks()
+    attempt = wait_for_attempt(
+        attempt, lambda a: a.restarts == 1 and a.state == AttemptState.RUNNING, timeout=120
+    )
+    assert run.attempts.count() == 1 and attempt.job_id
+    services.cancel_run(run, acting_user=operator)
+    run_tasks()
+    wait_for_run(run, RunState.CANCELLED, timeout=60)
+
+
+def test_a_retry_after_a_crash_submits_once(
+    slurm_runs, make_spec, operator, no_task_queue, monkeypatch
+):
+    from apps.jobs.schedulers import get_scheduler
+    from apps.jobs.schedulers import slurm as slurm_adapter
+
+    run = services.launch_run(
+        make_spec(scheduler="slurm", name="slurm-once", max_steps=30), acting_user=operator
+    )
+    attempt = run.attempts.get()
+    real_submit = slurm_adapter.SlurmCLI.submit
+
+    def submit_then_crash(self, spec):
+        real_submit(self, spec)
+        raise SystemExit("worker killed after the scheduler accepted the job")
+
+    monkeypatch.setattr(slurm_adapter.SlurmCLI, "submit", submit_then_crash)
+    with pytest.raises(SystemExit):
+        services.submit_attempt(attempt.pk)
+    monkeypatch.setattr(slurm_adapter.SlurmCLI, "submit", real_submit)
+    Attempt.objects.filter(pk=attempt.pk).update(claimed_until=None)  # the lease ran out
+    job_id = services.submit_attempt(attempt.pk).job_id
+    found = get_scheduler("slurm", {}).find_by_comment(attempt.token)
+    assert [j.job_id for j in found] == [job_id]
+    services.cancel_run(run, acting_user=operator)
+    for _name, args in list(no_task_queue):
+        services.cancel_job(*args)
+
+
+def test_with_slurmrestd_the_job_is_submitted_as_the_operators_cluster_user(
+    slurm_runs, settings, make_spec, operator, run_tasks
+):
+    require_service("slurmrestd", os.path.exists(TOKEN_ENV), f"{TOKEN_ENV} does not exist")
+    values = dict(
+        line.split("=", 1) for line in Path(TOKEN_ENV).read_text().splitlines() if "=" in line
+    )
+    user = values.get("SLURMRESTD_USER", "slurmapi")
+    settings.JOBS_SCHEDULER_OPTIONS = {
+        "slurm": {"timeout": 30},
+        "slurmrestd": {
+            "url": values.get("SLURMRESTD_URL", "http://127.0.0.1:6820"),
+            "token_file": TOKEN_ENV,
+        },
+    }
+    settings.JOBS_CLUSTER_USERS = {operator.username: user}
+    try:
+        services.service_scheduler("slurmrestd").version()
+    except Exception as exc:
+        require_service("slurmrestd", False, f"it does not answer: {exc}")
+    run = services.launch_run(
+        make_spec(scheduler="slurmrestd", name="restd-run", max_steps=2), acting_user=operator
+    )
+    run_tasks()
+    attempt = run.attempts.get()
+    attempt.refresh_from_db()
+    assert attempt.submitted_as == user and attempt.job_id, attempt.error
+    owner = subprocess.run(
+        ["squeue", "-h", "-t", "all", "-j", attempt.job_id, "-o", "%u"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    assert owner == user
+    wait_for_run(run, RunState.COMPLETED)
