@@ -60,6 +60,7 @@ def test_a_clinician_reviews_a_batch_with_the_keyboard_only(
             page.keyboard.press("o")
             page.wait_for_function("() => document.getElementById('dicom-img').complete")
             page.screenshot(path=artifacts / "review-screen-dicom.png", full_page=True)
+            assert (artifacts / "review-screen-dicom.png").stat().st_size > 0
         if kind == "text":
             expect(page.locator("mark.mask[data-type=phone]")).to_be_visible()
             page.screenshot(path=artifacts / "review-screen-text.png", full_page=True)
