@@ -240,6 +240,10 @@ class TrainConfig:
             raise ConfigError(
                 f"parallel.offload_params needs zero_stage 3, got zero_stage {p.zero_stage}"
             )
+        if self.checkpoint.resume and not self.checkpoint.save_dir:
+            raise ConfigError(
+                f"checkpoint.resume ({self.checkpoint.resume!r}) needs checkpoint.save_dir"
+            )
         if self.checkpoint.keep_last < 0:
             raise ConfigError(f"checkpoint.keep_last must be >= 0, got {self.checkpoint.keep_last}")
 

@@ -85,3 +85,8 @@ def test_meta_construction_allocates_no_parameter_memory() -> None:
     model = build_model(load_config("70b").model, device="meta")
     assert sum(p.untyped_storage().nbytes() for p in model.parameters() if not p.is_meta) == 0
     assert torch.device("meta") == next(model.parameters()).device
+
+
+def test_resume_without_a_save_dir_is_an_error() -> None:
+    with pytest.raises(ConfigError, match=r"needs checkpoint\.save_dir"):
+        load_config("tiny", ["checkpoint.resume=latest"])
