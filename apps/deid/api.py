@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from apps.core.roles import AUDITOR, PRIVACY, STEWARD
 from apps.deid import services
 from apps.deid.filtersets import ResultFilterForm
-from apps.deid.models import DeidFileResult, DeidRun
+from apps.deid.models import DeidFileResult, DeidRun, ProfileVersion
 from apps.inventory.models import IngestBatch
 
 VIEW_ROLES = {STEWARD, PRIVACY, AUDITOR}
@@ -34,6 +34,7 @@ class DeidRunSerializer(serializers.ModelSerializer):
             "id",
             "batch",
             "status",
+            "profile_version",
             "profile_fingerprint",
             "files_total",
             "files_done",
@@ -55,6 +56,14 @@ class DeidRunSerializer(serializers.ModelSerializer):
 class StartRunSerializer(serializers.Serializer):
     batch = serializers.PrimaryKeyRelatedField(queryset=IngestBatch.objects.all())
     profile = serializers.JSONField(required=False, default=dict)
+    profile_version = serializers.PrimaryKeyRelatedField(
+        queryset=ProfileVersion.objects.all(), required=False, allow_null=True
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs.get("profile") and attrs.get("profile_version"):
+            raise serializers.ValidationError("give profile or profile_version, not both")
+        return attrs
 
     def validate_profile(self, value: Any) -> Any:
         try:
@@ -91,7 +100,8 @@ class DeidRunViewSet(
         try:
             run = services.start_run(
                 ser.validated_data["batch"],
-                profile=ser.validated_data.get("profile"),
+                profile=ser.validated_data.get("profile_version")
+                or ser.validated_data.get("profile"),
                 acting_user=request.user,
             )
         except services.DeidServiceError as exc:
@@ -168,7 +178,23 @@ class DeidFileResultViewSet(viewsets.ReadOnlyModelViewSet):
         return form.filter(qs)
 
 
+class ProfileVersionSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ProfileVersion
+        fields = ["id", "name", "version", "fingerprint", "note", "data", "created"]
+        read_only_fields = fields
+
+
+class ProfileVersionViewSet(viewsets.ReadOnlyModelViewSet):
+    """Saved de-identification profiles, every version (saved through the pages)."""
+
+    allowed_roles = VIEW_ROLES
+    serializer_class = ProfileVersionSerializer
+    queryset = ProfileVersion.objects.order_by("name", "-version")
+
+
 routes = [
+    ("deid/profiles", ProfileVersionViewSet, "deidprofileversion"),
     ("deid/runs", DeidRunViewSet, "deidrun"),
     ("deid/results", DeidFileResultViewSet, "deidfileresult"),
 ]

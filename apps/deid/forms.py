@@ -10,6 +10,7 @@ from django.utils.translation import gettext_lazy as _
 
 from apps.deid import services
 from apps.deid.engine import DeidProfile
+from apps.deid.models import ProfileVersion
 from apps.inventory.models import IngestBatch
 
 
@@ -32,6 +33,12 @@ class StartRunForm(forms.Form):
         .select_related("source")
         .order_by("-created"),
     )
+    saved_profile = forms.ModelChoiceField(
+        label=_("Saved profile"),
+        required=False,
+        queryset=ProfileVersion.objects.order_by("name", "-version"),
+        help_text=_("A saved, versioned profile; or paste one below, or leave both empty."),
+    )
     profile = forms.CharField(
         label=_("Profile (JSON)"),
         required=False,
@@ -49,6 +56,45 @@ class StartRunForm(forms.Form):
             raise forms.ValidationError(_("Not valid JSON: %(err)s") % {"err": exc}) from None
         try:
             return services.profile_from_data(data)
+        except services.DeidServiceError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("saved_profile") and data.get("profile"):
+            raise forms.ValidationError(_("Choose a saved profile or paste one, not both."))
+        return data
+
+    @property
+    def chosen_profile(self) -> ProfileVersion | DeidProfile | None:
+        return self.cleaned_data.get("saved_profile") or self.cleaned_data.get("profile")
+
+
+class ProfileForm(forms.Form):
+    """Save a profile as the next version of a name."""
+
+    name = forms.SlugField(label=_("Name"), max_length=60)
+    profile = forms.CharField(
+        label=_("Profile (JSON)"),
+        widget=forms.Textarea(attrs={"rows": 16, "class": "mono", "spellcheck": "false"}),
+        help_text=_("As DeidProfile.to_dict(); the name and version in it are replaced."),
+    )
+    note = forms.CharField(label=_("What changed and why"), max_length=300, required=False)
+
+    def clean_name(self) -> str:
+        return self.cleaned_data["name"].lower()
+
+    def clean_profile(self) -> DeidProfile:
+        try:
+            data: Any = json.loads(self.cleaned_data["profile"])
+        except ValueError as exc:
+            raise forms.ValidationError(_("Not valid JSON: %(err)s") % {"err": exc}) from None
+        if not isinstance(data, dict):
+            raise forms.ValidationError(_("A profile is a JSON object."))
+        data.pop("name", None)
+        data.pop("version", None)
+        try:
+            return services.profile_from_data(data) if data else DeidProfile()
         except services.DeidServiceError as exc:
             raise forms.ValidationError(str(exc)) from None
 

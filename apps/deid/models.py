@@ -14,6 +14,31 @@ from apps.core.models import TimeStampedModel
 from apps.inventory.models import IngestBatch, RawFile
 
 
+class ProfileVersion(models.Model):
+    """One saved version of a named de-identification profile (``DeidProfile.to_dict``).
+
+    Versions are append-only: saving a changed profile adds ``version + 1``; a run records the
+    version it used and its fingerprint, so every output names the exact settings behind it.
+    """
+
+    name = models.SlugField(max_length=60)
+    version = models.PositiveIntegerField()
+    data = models.JSONField()
+    fingerprint = models.CharField(max_length=120)
+    note = models.CharField(max_length=300, blank=True)
+    created_by_id = models.BigIntegerField(null=True, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["name", "version"], name="deid_profile_version_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version}"
+
+
 class DeidRun(TimeStampedModel):
     """One pass of the engine with one profile over one ingest batch.
 
@@ -32,6 +57,10 @@ class DeidRun(TimeStampedModel):
     batch = models.ForeignKey(IngestBatch, on_delete=models.PROTECT, related_name="deid_runs")
     profile = models.JSONField(default=dict)  # the engine profile's canonical settings
     profile_fingerprint = models.CharField(max_length=120, blank=True)
+    # The saved version the profile came from (None for an ad-hoc profile).
+    profile_version = models.ForeignKey(
+        ProfileVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="runs"
+    )
     # ProjectKey.fingerprint(): outputs of two runs are interchangeable only under one key.
     key_fingerprint = models.CharField(max_length=32, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)

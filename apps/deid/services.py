@@ -30,7 +30,7 @@ import shutil
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -55,7 +55,7 @@ from apps.deid.engine import (
     PseudonymVault,
     VaultError,
 )
-from apps.deid.models import DeidFileResult, DeidRun, RevealLog, VaultRecord
+from apps.deid.models import DeidFileResult, DeidRun, ProfileVersion, RevealLog, VaultRecord
 from apps.inventory.models import IngestBatch, RawFile
 
 if TYPE_CHECKING:
@@ -172,28 +172,99 @@ def _enqueue(run_id: int) -> None:
     transaction.on_commit(lambda: tasks.process_run.delay(run_id))
 
 
+# --- profiles as versioned data ----------------------------------------------------------------
+
+
+def save_profile(
+    profile: DeidProfile, *, name: str, acting_user: User | None, note: str = ""
+) -> ProfileVersion:
+    """Save ``profile`` as the next version of ``name`` (audited ``deid.profile_saved``).
+
+    The stored version number is assigned here (the latest + 1) and written into the profile
+    itself, so its fingerprint names it. Saving settings identical to the latest version
+    returns that version unchanged.
+    """
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,59}", name or ""):
+        raise DeidServiceError("a profile name is 1-60 lowercase letters, digits, '-' or '_'")
+    with transaction.atomic():
+        latest = (
+            ProfileVersion.objects.select_for_update()
+            .filter(name=name)
+            .order_by("-version")
+            .first()
+        )
+        if latest is not None:
+            previous = profile_from_data(latest.data)
+            candidate = replace(profile, name=name, version=latest.version)
+            if candidate == previous:
+                return latest
+        version = (latest.version + 1) if latest else 1
+        saved = replace(profile, name=name, version=version)
+        row = ProfileVersion.objects.create(
+            name=name,
+            version=version,
+            data=saved.to_dict(),
+            fingerprint=saved.fingerprint(),
+            note=note[:300],
+            created_by_id=getattr(acting_user, "pk", None),
+        )
+        changes = previous.diff(replace(saved, version=previous.version)) if latest else []
+        record(
+            "deid.profile_saved",
+            f"deid.profileversion:{row.pk}",
+            actor=acting_user,
+            post=row.data,
+            details={
+                "name": name,
+                "version": version,
+                "fingerprint": row.fingerprint,
+                "previous_version": latest.version if latest else None,
+                "settings_changed": len(changes),
+            },
+        )
+    return row
+
+
+def profile_changes(version: ProfileVersion) -> list[str] | None:
+    """Readable changes from the previous version of the same profile (None for the first)."""
+    previous = (
+        ProfileVersion.objects.filter(name=version.name, version__lt=version.version)
+        .order_by("-version")
+        .first()
+    )
+    if previous is None:
+        return None
+    old, new = profile_from_data(previous.data), profile_from_data(version.data)
+    return [c for c in old.diff(new) if not c.startswith("version:")]
+
+
 # --- run lifecycle -----------------------------------------------------------------------------
 
 
 def start_run(
     batch: IngestBatch,
     *,
-    profile: DeidProfile | None = None,
+    profile: DeidProfile | ProfileVersion | None = None,
     acting_user: User | None,
     enqueue: bool = True,
 ) -> DeidRun:
-    """Create a pending run of ``profile`` (default profile when None) over ``batch``.
+    """Create a pending run of ``profile`` (a saved :class:`ProfileVersion`, an ad-hoc
+    :class:`DeidProfile`, or None for the default profile) over ``batch``.
 
     Audited as ``deid.run_started``. With ``enqueue`` the Celery task is sent after commit;
     the CLI passes ``enqueue=False`` and processes in-process.
     """
     if batch.status == IngestBatch.Status.RUNNING:
         raise DeidServiceError(f"ingest batch {batch.pk} is still being scanned")
+    version = profile if isinstance(profile, ProfileVersion) else None
+    if version is not None:
+        profile = profile_from_data(version.data)
     profile = profile or DeidProfile()
     key = config.project_key()
     with transaction.atomic():
         run = DeidRun.objects.create(
             batch=batch,
+            profile_version=version,
             profile=profile.to_dict(),
             profile_fingerprint=profile.fingerprint(),
             key_fingerprint=key.fingerprint(),

@@ -12,5 +12,8 @@ urlpatterns = [
     path("runs/<int:pk>/cancel/", views.run_cancel, name="run_cancel"),
     path("runs/<int:pk>/resume/", views.run_resume, name="run_resume"),
     path("runs/<int:pk>/retry/", views.run_retry, name="run_retry"),
+    path("profiles/", views.profile_list, name="profiles"),
+    path("profiles/new/", views.profile_new, name="profile_new"),
+    path("profiles/<int:pk>/", views.profile_detail, name="profile"),
     path("reveal/", views.reveal, name="reveal"),
 ]

@@ -7,6 +7,7 @@ quarantine by the engine's reason code.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.contrib import messages
@@ -23,9 +24,10 @@ from apps.core.access import roles, roles_of
 from apps.core.htmx import render_page
 from apps.core.roles import AUDITOR, PRIVACY, STEWARD
 from apps.deid import services
+from apps.deid.engine import DeidProfile
 from apps.deid.filtersets import ResultFilterForm
-from apps.deid.forms import RevealForm, StartRunForm
-from apps.deid.models import DeidFileResult, DeidRun
+from apps.deid.forms import ProfileForm, RevealForm, StartRunForm
+from apps.deid.models import DeidFileResult, DeidRun, ProfileVersion
 
 # Who may look at runs, and who may change them (start, cancel, resume, retry).
 VIEW_ROLES = (STEWARD, PRIVACY, AUDITOR)
@@ -65,7 +67,7 @@ def run_start(request: HttpRequest) -> HttpResponse:
         try:
             run = services.start_run(
                 form.cleaned_data["batch"],
-                profile=form.cleaned_data["profile"],
+                profile=form.chosen_profile,
                 acting_user=request.user,
             )
         except services.DeidServiceError as exc:
@@ -188,6 +190,67 @@ def run_resume(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def run_retry(request: HttpRequest, pk: int) -> HttpResponse:
     return _change(request, pk, "retry")
+
+
+@roles(*VIEW_ROLES)
+@require_GET
+def profile_list(request: HttpRequest) -> HttpResponse:
+    """Saved profiles, every version."""
+    versions = ProfileVersion.objects.order_by("name", "-version")
+    return render(
+        request,
+        "deid/profile_list.html",
+        {"versions": versions, "can_run": _can_run(request)},
+    )
+
+
+@roles(*VIEW_ROLES)
+@require_GET
+def profile_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """One version: its settings, what changed from the version before, the runs using it."""
+    version = get_object_or_404(ProfileVersion, pk=pk)
+    return render(
+        request,
+        "deid/profile_detail.html",
+        {
+            "version": version,
+            "pretty": json.dumps(version.data, indent=2, ensure_ascii=False),
+            "changes": services.profile_changes(version),
+            "runs": version.runs.order_by("-created")[:PAGE_SIZE],
+            "can_run": _can_run(request),
+        },
+    )
+
+
+@roles(*RUN_ROLES)
+@require_http_methods(["GET", "POST"])
+def profile_new(request: HttpRequest) -> HttpResponse:
+    """Save a profile as the next version of its name (start from an existing one)."""
+    base = None
+    if request.method == "GET" and request.GET.get("from", "").isdigit():
+        base = ProfileVersion.objects.filter(pk=int(request.GET["from"])).first()
+    initial = {
+        "name": base.name if base else "",
+        "profile": json.dumps(
+            base.data if base else DeidProfile().to_dict(), indent=2, ensure_ascii=False
+        ),
+    }
+    form = ProfileForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            version = services.save_profile(
+                form.cleaned_data["profile"],
+                name=form.cleaned_data["name"],
+                note=form.cleaned_data["note"],
+                acting_user=request.user,
+            )
+        except services.DeidServiceError as exc:
+            form.add_error("name", str(exc))
+        else:
+            messages.success(request, _("Saved %(name)s.") % {"name": str(version)})
+            return redirect("deid:profile", pk=version.pk)
+    status = 400 if request.method == "POST" else 200
+    return render(request, "deid/profile_new.html", {"form": form}, status=status)
 
 
 @roles(PRIVACY)

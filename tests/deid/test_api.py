@@ -70,3 +70,23 @@ def test_a_bad_profile_is_a_400(client_as, mixed):
         content_type="application/json",
     )
     assert response.status_code == 400 and "profile" in response.json()
+
+
+def test_a_run_starts_from_a_saved_profile_version(client_as, mixed, monkeypatch, cast):
+    from apps.deid import tasks
+    from apps.deid.engine import DeidProfile
+
+    monkeypatch.setattr(tasks.process_run, "delay", lambda run_id: None)
+    version = services.save_profile(DeidProfile(), name="site", acting_user=cast[PRIVACY])
+    client = client_as(STEWARD)
+    listed = client.get("/api/deid/profiles/").json()
+    rows = listed["results"] if isinstance(listed, dict) else listed
+    assert [r["fingerprint"] for r in rows] == [version.fingerprint]
+    created = client.post(
+        "/api/deid/runs/",
+        {"batch": mixed.batch.pk, "profile_version": version.pk},
+        content_type="application/json",
+    )
+    assert created.status_code == 201
+    assert created.json()["profile_version"] == version.pk
+    assert created.json()["profile_fingerprint"] == version.fingerprint

@@ -143,3 +143,37 @@ def test_the_menu_shows_de_identification_to_viewers_and_reveal_to_privacy(clien
     assert 'data-nav="deid"' in html and 'data-nav="deid_reveal"' not in html
     html = client_as(PRIVACY).get("/deid/").content.decode()
     assert 'data-nav="deid_reveal"' in html
+
+
+def test_profiles_are_saved_as_versions_with_a_readable_diff(client_as, mixed):
+    from apps.deid.models import ProfileVersion
+
+    client = client_as(PRIVACY)
+    assert client.get("/deid/profiles/new/").status_code == 200
+    first = client.post("/deid/profiles/new/", {"name": "site", "profile": "{}", "note": "initial"})
+    v1 = ProfileVersion.objects.get()
+    assert first.status_code == 302 and (v1.name, v1.version) == ("site", 1)
+    assert v1.fingerprint.startswith("site@v1#")
+    changed = '{"ocr": {"min_score": 0.6}, "retain_safe_private": false}'
+    client.post("/deid/profiles/new/", {"name": "site", "profile": changed, "note": "stricter"})
+    v2 = ProfileVersion.objects.get(version=2)
+    html = client_as(AUDITOR).get(f"/deid/profiles/{v2.pk}/").content.decode()
+    assert (
+        "ocr.min_score: 0.5 -&gt; 0.6" in html and "retain_safe_private: true -&gt; false" in html
+    )
+    # The same settings again add no version.
+    client.post("/deid/profiles/new/", {"name": "site", "profile": changed})
+    assert ProfileVersion.objects.count() == 2
+    assert AuditEvent.objects.filter(action="deid.profile_saved").count() == 2
+    # A run started from a saved version records it.
+    client.post("/deid/runs/new/", {"batch": mixed.batch.pk, "saved_profile": v2.pk})
+    run = DeidRun.objects.get()
+    assert run.profile_version == v2 and run.profile_fingerprint == v2.fingerprint
+
+
+@pytest.mark.parametrize("role", sorted(ALL_ROLES))
+def test_profile_pages_follow_the_roles(role, client_as, db):
+    client = client_as(role)
+    assert client.get("/deid/profiles/").status_code == (200 if role in VIEWERS else 403)
+    assert client.get("/deid/profiles/new/").status_code == (200 if role in RUNNERS else 403)
+    assert client.get("/deid/profiles/999/").status_code == (404 if role in VIEWERS else 403)
