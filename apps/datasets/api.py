@@ -2,7 +2,7 @@
 
 Routes (registered by controlplane/api.py):
 - ``/api/datasets/versions/``: list, retrieve, create (queues a build; 202), ``{id}/verify/``
-  (POST), ``{id}/lineage/`` (every raw file behind it, paginated).
+  (POST), ``{id}/cancel/`` (POST), ``{id}/lineage/`` (every raw file behind it, paginated).
 - ``/api/datasets/lineage/raw-file/?id=`` or ``?sha256=``, and
   ``/api/datasets/lineage/patient/?pseudonym=``: every version and consumer the data reached.
 - ``/api/datasets/annotations/``: list (``?version=``), retrieve, create (multipart upload).
@@ -53,6 +53,7 @@ class VersionSerializer(serializers.ModelSerializer):
             "progress_done",
             "progress_total",
             "error",
+            "cancel_requested",
             "created_by",
             "created",
             "finished_at",
@@ -130,7 +131,7 @@ class DatasetVersionViewSet(
     for any run not released). Filters: ``name``, ``status``."""
 
     allowed_roles = set(READ)
-    action_roles = {"create": set(BUILD), "verify": set(VERIFY)}
+    action_roles = {"create": set(BUILD), "verify": set(VERIFY), "cancel": set(BUILD)}
     serializer_class = VersionSerializer
     queryset = DatasetVersion.objects.prefetch_related("runs").order_by("name", "-number")
 
@@ -169,6 +170,14 @@ class DatasetVersionViewSet(
         return Response(
             {"ok": report.ok, "files_checked": report.files_checked, "problems": report.problems}
         )
+
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        try:
+            version = services.cancel_build(self.get_object(), acting_user=request.user)
+        except services.DatasetError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(VersionSerializer(version).data)
 
     @action(detail=True, methods=["get"])
     def lineage(self, request: Request, pk: str | None = None) -> Response:

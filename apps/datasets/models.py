@@ -49,6 +49,8 @@ class DatasetVersion(models.Model):
     progress_done = models.IntegerField(default=0)
     progress_total = models.IntegerField(default=0)
     error = models.CharField(max_length=300, blank=True)
+    # Set by services.cancel_build; the packer polls it between samples.
+    cancel_requested = models.BooleanField(default=False)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )

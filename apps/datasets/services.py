@@ -65,6 +65,9 @@ MAX_ANNOTATION_BYTES = 64 << 20
 _PROGRESS_STEPS = 100
 
 
+CANCELLED = "cancelled on request"
+
+
 class DatasetError(ValueError):
     """A request the datasets services refuse; the message names the offending value."""
 
@@ -235,6 +238,34 @@ def build_version(
         name, runs, target_shard_mb=target_shard_mb, acting_user=acting_user, root=root
     )
     return pack_version(version.pk, progress=progress)
+
+
+def cancel_build(version: DatasetVersion, *, acting_user: User | None) -> DatasetVersion:
+    """Stop a build: at once when no worker has started it, else at the packer's next
+    progress step (it then removes its partial folder). A finished version is refused."""
+    with transaction.atomic():
+        now = timezone.now()
+        unstarted = DatasetVersion.objects.filter(
+            pk=version.pk, status="building", claimed_at__isnull=True
+        ).update(
+            status=DatasetVersion.Status.FAILED,
+            error=CANCELLED,
+            cancel_requested=True,
+            finished_at=now,
+        )
+        flagged = unstarted or DatasetVersion.objects.filter(
+            pk=version.pk, status="building"
+        ).update(cancel_requested=True)
+        if not flagged:
+            raise DatasetError(f"{version.label} is {version.status}; only builds can be cancelled")
+        record(
+            "datasets.version_cancel_requested",
+            _resource(version),
+            actor=acting_user,
+            details={"stopped_now": bool(unstarted)},
+        )
+    version.refresh_from_db()
+    return version
 
 
 def _claim(pk: int) -> bool:
@@ -408,6 +439,8 @@ def _write(
                 DatasetVersion.objects.filter(pk=version.pk, status="building").update(
                     progress_done=done, claimed_at=timezone.now()
                 )
+                if DatasetVersion.objects.filter(pk=version.pk, cancel_requested=True).exists():
+                    raise DatasetError(CANCELLED)
                 if progress is not None:
                     progress(done, total)
     manifest = read_manifest(tmp)

@@ -80,6 +80,7 @@ def version_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "uses": uses,
             "label_sets": version.annotation_sets.select_related("author")[:10],
             "can_verify": _can(request, VERIFY),
+            "can_cancel": _can(request, BUILD),
         },
     )
 
@@ -126,6 +127,19 @@ def version_verify(request: HttpRequest, pk: int) -> HttpResponse:
             {"check": version.checks.first(), "report": report},
         )
     (messages.success if report.ok else messages.error)(request, report.summary())
+    return redirect("datasets:detail", pk=pk)
+
+
+@roles(*BUILD)
+@require_POST
+def version_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    version = get_version(pk)
+    try:
+        services.cancel_build(version, acting_user=request.user)
+    except services.DatasetError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, _("Cancellation requested."))
     return redirect("datasets:detail", pk=pk)
 
 

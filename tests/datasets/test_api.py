@@ -124,3 +124,31 @@ def test_label_sets_are_uploaded_and_listed_but_never_updated(built, as_role):
     first = AnnotationSet.objects.get(number=1)
     assert client.put(f"/api/datasets/annotations/{first.pk}/", {}).status_code == 405
     assert client.delete(f"/api/datasets/annotations/{first.pk}/").status_code == 405
+
+
+def test_the_version_list_makes_a_constant_number_of_queries(world, as_role):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from apps.datasets import services
+
+    client = as_role("operator")
+    services.request_build("q", [world.run], target_shard_mb=1, acting_user=None)
+    with CaptureQueriesContext(connection) as one:
+        client.get("/api/datasets/versions/")
+    for _ in range(3):
+        services.request_build("q", [world.run], target_shard_mb=1, acting_user=None)
+    with CaptureQueriesContext(connection) as four:
+        assert client.get("/api/datasets/versions/").json()["count"] == 4
+    assert len(four) == len(one)
+
+
+def test_the_cancel_action_is_for_stewards(world, as_role):
+    from apps.datasets import services
+
+    version = services.request_build("c", [world.run], target_shard_mb=1, acting_user=None)
+    url = f"/api/datasets/versions/{version.pk}/cancel/"
+    assert as_role("operator").post(url).status_code == 403
+    body = as_role("data_steward").post(url).json()
+    assert body["status"] == "failed" and body["cancel_requested"] is True
+    assert as_role("data_steward").post(url).status_code == 409

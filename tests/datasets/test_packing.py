@@ -239,3 +239,28 @@ def test_a_build_another_worker_holds_is_left_alone(world):
     version = services.request_build("held", [world.run], target_shard_mb=1, acting_user=None)
     DatasetVersion.objects.filter(pk=version.pk).update(claimed_at=timezone.now())
     assert services.pack_version(version.pk).status == "building"
+
+
+def test_cancelling_a_queued_build_stops_it_at_once(world, steward):
+    version = services.request_build("c", [world.run], target_shard_mb=1, acting_user=None)
+    version = services.cancel_build(version, acting_user=steward)
+    assert version.status == "failed" and version.error == "cancelled on request"
+    assert services.pack_version(version.pk).status == "failed"  # the queued task: a no-op
+    assert AuditEvent.objects.filter(action="datasets.version_cancel_requested").exists()
+
+
+def test_cancelling_a_running_build_stops_it_at_the_next_sample(world):
+    version = services.request_build("c", [world.run], target_shard_mb=1, acting_user=None)
+
+    def cancel_midway(done, total):
+        services.cancel_build(DatasetVersion.objects.get(pk=version.pk), acting_user=None)
+
+    version = services.pack_version(version.pk, progress=cancel_midway)
+    assert version.status == "failed" and version.error == "cancelled on request"
+    assert not Path(version.root).exists()
+    assert not list(Path(version.root).parent.glob(".*partial"))
+
+
+def test_a_ready_version_cannot_be_cancelled(built):
+    with pytest.raises(services.DatasetError, match="only builds can be cancelled"):
+        services.cancel_build(built, acting_user=None)

@@ -42,6 +42,17 @@ def test_only_verifiers_may_post_verify(built, as_role):
         assert response.status_code == (302 if allowed else 403), role
 
 
+def test_only_stewards_may_cancel_a_build(world, as_role):
+    from apps.datasets import services
+
+    version = services.request_build("c", [world.run], target_shard_mb=1, acting_user=None)
+    assert as_role("operator").post(f"/datasets/{version.pk}/cancel/").status_code == 403
+    response = as_role("data_steward").post(f"/datasets/{version.pk}/cancel/")
+    assert response.status_code == 302
+    version.refresh_from_db()
+    assert version.status == "failed"
+
+
 def test_pages_of_a_missing_version_are_404(db, as_role):
     client = as_role("data_steward")
     for url in (
