@@ -24,6 +24,7 @@ from django.db import connection, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from apps.audit.services import record
 from apps.core.access import roles_of
@@ -610,22 +611,38 @@ def gate(batch: ReviewBatch) -> Gate:
     if batch.status != ReviewBatch.Status.OPEN:
         g.reasons.append(_("The review batch is %(status)s.") % {"status": batch.status})
     if reviewed + stale < len(items):
+        waiting = len(items) - reviewed - stale
         g.reasons.append(
-            _("%(n)d of %(total)d sampled items are not reviewed yet.")
-            % {"n": len(items) - reviewed - stale, "total": len(items)}
+            ngettext(
+                "%(n)d of %(total)d sampled items is not reviewed yet.",
+                "%(n)d of %(total)d sampled items are not reviewed yet.",
+                waiting,
+            )
+            % {"n": waiting, "total": len(items)}
         )
     if stale:
         g.reasons.append(
-            _("%(n)d items changed after they were reviewed and must be reviewed again.")
+            ngettext(
+                "%(n)d item changed after it was reviewed and must be reviewed again.",
+                "%(n)d items changed after they were reviewed and must be reviewed again.",
+                stale,
+            )
             % {"n": stale}
         )
     if not_ok:
         g.reasons.append(
-            _("%(n)d sampled files are no longer de-identified (quarantined or failed).")
+            ngettext(
+                "%(n)d sampled file is no longer de-identified (quarantined or failed).",
+                "%(n)d sampled files are no longer de-identified (quarantined or failed).",
+                not_ok,
+            )
             % {"n": not_ok}
         )
     if unresolved:
-        g.reasons.append(_("%(n)d findings are unresolved.") % {"n": unresolved})
+        g.reasons.append(
+            ngettext("%(n)d finding is unresolved.", "%(n)d findings are unresolved.", unresolved)
+            % {"n": unresolved}
+        )
     if lower < batch.threshold:
         g.reasons.append(
             _(

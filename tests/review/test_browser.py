@@ -80,7 +80,7 @@ def test_a_clinician_reviews_a_batch_with_the_keyboard_only(
     expect(verdict).to_have_attribute("data-releasable", "false")
     expect(verdict).to_have_text("Release blocked")
     expect(page.locator("[data-testid=gate-findings]")).to_have_text("1")
-    expect(page.locator("[data-testid=gate-reasons]")).to_contain_text("findings are unresolved")
+    expect(page.locator("[data-testid=gate-reasons]")).to_contain_text("1 finding is unresolved")
     page.screenshot(path=artifacts / "gate.png", full_page=True)
 
     # "k" walks back to the reviewer's own last verdict, read-only.
