@@ -12,6 +12,19 @@ os.environ.setdefault("MEDCTL_DEV_SECRETS", "1")
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
+def pytest_configure(config):
+    """Fast password hashing in tests: PBKDF2's cost is for attackers, not for the suite."""
+    import contextlib
+
+    from django.core.exceptions import ImproperlyConfigured
+
+    # Django is not configured when the pure packages run with -p no:django.
+    with contextlib.suppress(ImproperlyConfigured):
+        from django.conf import settings
+
+        settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 def require_service(name: str, available: bool, why: str) -> None:
     """Skip when a real service is absent, but fail in CI (MEDCTL_REQUIRE_SERVICES=1)."""
     if available:
