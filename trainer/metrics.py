@@ -21,6 +21,7 @@ GAUGES = {
     "training_learning_rate": "Learning rate of the last optimizer step",
     "training_step_seconds": "Wall time of the last optimizer step",
     "training_dataloader_queue_depth": "Micro-batches ready in the loader queue",
+    "training_shard_prefetch_queue_depth": "Shards waiting to be copied to the node-local cache",
     "training_allreduce_seconds": "Time in the gradient all-reduce/step of the last step",
     "training_checkpoint_seconds": "Wall time of the last checkpoint save",
     "training_device_memory_bytes": "Peak device (or process) memory",

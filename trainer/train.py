@@ -215,7 +215,7 @@ class Trainer:
         if self.engine.allreduce_seconds is not None:
             out["training_allreduce_seconds"] = self.engine.allreduce_seconds
         if self.data.cache is not None:
-            out["shard_prefetch_queue_depth"] = float(self.data.cache.queue_depth())
+            out["training_shard_prefetch_queue_depth"] = float(self.data.cache.queue_depth())
         return out
 
     def write_requeue_marker(self) -> None:

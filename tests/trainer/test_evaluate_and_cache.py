@@ -26,9 +26,13 @@ def train(cfg) -> list[float]:
 
 def test_training_through_the_node_cache_gives_the_same_losses(dataset, tmp_path, tiny) -> None:
     direct = train(tiny(dataset, "", "optim.max_steps=4"))
-    cached = train(tiny(dataset, "", "optim.max_steps=4", f"data.cache_dir={tmp_path / 'nvme'}"))
+    log = tmp_path / "m.jsonl"
+    nvme = f"data.cache_dir={tmp_path / 'nvme'}"
+    cached = train(tiny(dataset, "", "optim.max_steps=4", nvme, f"metrics_jsonl={log}"))
     assert cached == direct
     assert len(list((tmp_path / "nvme").glob("shard-*.tar"))) >= 1
+    steps = [json.loads(x) for x in log.read_text().splitlines() if "training_loss" in x]
+    assert all("training_shard_prefetch_queue_depth" in r for r in steps)
 
 
 def test_periodic_evaluation_logs_held_out_perplexity(dataset, tmp_path, tiny) -> None:
