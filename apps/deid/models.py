@@ -61,6 +61,9 @@ class DeidRun(TimeStampedModel):
     profile_version = models.ForeignKey(
         ProfileVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="runs"
     )
+    # The OCR engine the workers ran with ("auto", "off", "custom"; "mixed" when chunks
+    # differed): outputs are reused across runs only when it matches.
+    ocr_mode = models.CharField(max_length=10, blank=True)
     # ProjectKey.fingerprint(): outputs of two runs are interchangeable only under one key.
     key_fingerprint = models.CharField(max_length=32, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)

@@ -492,6 +492,14 @@ def _walk(
     if total != run.files_total:
         DeidRun.objects.filter(pk=run_id).update(files_total=total)
     profile = profile_from_data(run.profile)
+    if ocr is CONFIGURED_OCR:
+        ocr = config.ocr_mode()
+    mode = "auto" if ocr == "auto" else "off" if ocr is None else "custom"
+    if run.ocr_mode and run.ocr_mode != mode:
+        mode = "mixed"  # chunks ran with different OCR: never reuse this run's outputs
+    if mode != run.ocr_mode:
+        DeidRun.objects.filter(pk=run_id).update(ocr_mode=mode)
+        run.ocr_mode = mode
     worker = _Worker(run, make_engine(profile, ocr=ocr), profile)
     # Primary keys only: a million ints is a few MB, and no cursor stays open across the
     # per-file transactions. Files of one study are adjacent so their context is reused.
@@ -855,7 +863,12 @@ class _Worker:
 
     def _reuse(self, raw: RawFile, row: dict[str, Any]) -> dict[str, Any] | None:
         """The result of an earlier run for the same bytes at the same path under the same
-        profile and key, with its output linked into this run; None when there is none."""
+        profile, key and OCR engine, with its output linked into this run; None when there
+        is none."""
+        # Only de-identified outputs are reused: a quarantine may depend on the environment
+        # (OCR off, vault unreachable) and is cheap to reach again.
+        if not self.run.key_fingerprint or self.run.ocr_mode not in ("auto", "off"):
+            return None
         prior = (
             DeidFileResult.objects.filter(
                 raw_file__source_id=raw.source_id,
@@ -863,27 +876,24 @@ class _Worker:
                 input_sha256=raw.sha256,
                 profile_fingerprint=self.fingerprint,
                 run__key_fingerprint=self.run.key_fingerprint,
-                status__in=[Status.OK, Status.QUARANTINED],
+                run__ocr_mode=self.run.ocr_mode,
+                status=Status.OK,
             )
             .exclude(run_id=self.run.pk)
-            .exclude(reason="excluded_by_data_qa")
             .select_related("run")
             .order_by("-pk")
             .first()
         )
-        if prior is None or not self.run.key_fingerprint:
+        if prior is None or prior.extra_outputs or not prior.output_relpath:
+            return None  # keep reuse simple: single-output files only
+        owner = self.taken.get(prior.output_relpath)
+        if owner is not None and owner != raw.pk:
             return None
-        if prior.status == Status.OK:
-            if prior.extra_outputs or not prior.output_relpath:
-                return None  # keep reuse simple: single-output files only
-            owner = self.taken.get(prior.output_relpath)
-            if owner is not None and owner != raw.pk:
-                return None
-            src = Path(prior.run.output_root) / prior.output_relpath
-            dst = self.out_root / prior.output_relpath
-            if not _link_or_copy(src, dst, prior.output_sha256):
-                return None
-            self.taken[prior.output_relpath] = raw.pk
+        src = Path(prior.run.output_root) / prior.output_relpath
+        dst = self.out_root / prior.output_relpath
+        if not _link_or_copy(src, dst, prior.output_sha256):
+            return None
+        self.taken[prior.output_relpath] = raw.pk
         fields = [
             "status",
             "reason",

@@ -352,3 +352,16 @@ def test_a_wfdb_record_keeps_matching_pseudonymized_names(db, tmp_path, deid_key
     assert "ZY20240305" not in h.output_relpath + d.output_relpath
     header = (Path(run.output_root) / h.output_relpath).read_text()
     assert f"{Path(d.output_relpath).name} 16" in header
+
+
+def test_outputs_are_not_reused_across_different_ocr_engines(mixed, no_ocr_profile):
+    first, _ = run_batch(mixed.batch, no_ocr_profile)
+    assert first.ocr_mode == "off"
+    second = services.start_run(
+        mixed.batch, profile=no_ocr_profile, acting_user=None, enqueue=False
+    )
+    services.process_run(second.pk, ocr=object())  # some other OCR engine
+    second.refresh_from_db()
+    assert second.ocr_mode == "custom"
+    assert not any("reused_from_run" in r.actions for r in second.results.all())
+    assert second.files_ok == first.files_ok
