@@ -691,14 +691,17 @@ def reach_of_raw_file(raw_file: RawFile) -> Reach:
 
 
 def reach_of_patient(pseudonym: str) -> Reach:
-    """Every version, training run and checkpoint a pseudonymized patient's data reached."""
-    members = DatasetMember.objects.filter(patient_pseudonym=pseudonym)
-    from_results = DeidFileResult.objects.filter(patient_pseudonym=pseudonym).values_list(
-        "raw_file_id", flat=True
-    )
-    raw_ids = sorted(set(members.values_list("raw_file_id", flat=True)) | set(from_results))
-    members = DatasetMember.objects.filter(
-        Q(patient_pseudonym=pseudonym) | Q(raw_file_id__in=raw_ids)
+    """Every version, training run and checkpoint a pseudonymized patient's data reached.
+
+    Matches the pseudonym on the lineage rows (the sample's patient) and on the de-id
+    results (the file's own), so neither a file without a pseudonym of its own nor a sample
+    whose first file named another patient hides data.
+    """
+    own = DeidFileResult.objects.filter(patient_pseudonym=pseudonym).values("raw_file_id")
+    members = DatasetMember.objects.filter(Q(patient_pseudonym=pseudonym) | Q(raw_file_id__in=own))
+    raw_ids = sorted(
+        set(members.values_list("raw_file_id", flat=True))
+        | set(own.values_list("raw_file_id", flat=True))
     )
     return _reach(f"patient {pseudonym}", members, raw_ids)
 

@@ -264,3 +264,20 @@ def test_cancelling_a_running_build_stops_it_at_the_next_sample(world):
 def test_a_ready_version_cannot_be_cancelled(built):
     with pytest.raises(services.DatasetError, match="only builds can be cancelled"):
         services.cancel_build(built, acting_user=None)
+
+
+def test_an_unreadable_released_file_costs_its_sample_and_is_counted(world, factories):
+    run, raw = world.run, factories.make_raw(world.batch, "raw/broken.dcm", "dicom")
+    factories.add_result(
+        run,
+        raw,
+        "P-DDDD/broken.dcm",
+        b"DICM but not really",
+        kind="dicom",
+        pseudonym="P-DDDD",
+        study_key="study-d",
+    )
+    version = services.build_version("u", [run], target_shard_mb=1, acting_user=None)
+    assert version.status == "ready" and version.sample_count == 3
+    assert version.skipped["dicom_unreadable"] == 1
+    assert not DatasetMember.objects.filter(raw_file=raw).exists()
