@@ -416,8 +416,15 @@ class DeepSpeedEngine(Engine):
         """Set ``lr``, take the boundary step (DeepSpeed clips), return the global grad norm."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        own = None
+        if self.cfg.parallel.zero_stage == 0:
+            # ZeRO-0 keeps no global norm; measure it before the step consumes the gradients.
+            grads = [p.grad for p in self.model.module.parameters() if p.grad is not None]
+            own = float(torch.nn.utils.get_total_norm(grads)) if grads else None
         self.model.step()
         norm = self.model.get_global_grad_norm()
+        if norm is None:
+            norm = own
         return float(norm) if norm is not None else float("nan")
 
     def save_state(self, directory: Path) -> None:
