@@ -459,6 +459,10 @@ def process_run(
     except Exception as exc:
         _fail(run_id, type(exc).__name__)
         raise
+    except KeyboardInterrupt:
+        # Ctrl-C in the CLI: let go of the run so a cancel or resume takes effect at once.
+        DeidRun.objects.filter(pk=run_id, status=RunStatus.RUNNING).update(heartbeat_at=None)
+        raise
 
 
 def _fail(run_id: int, error: str) -> None:

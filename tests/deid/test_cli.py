@@ -95,3 +95,27 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path, deid_key
     for r in run.results.all():
         assert services.sha256_file(root / r.output_relpath) == r.output_sha256
     assert not list(root.rglob("*.tmp"))
+
+
+@pytest.mark.django_db
+def test_ctrl_c_cancels_between_files_and_resume_finishes(mixed, no_ocr_profile, monkeypatch):
+    real = services._Worker.process
+    calls = []
+
+    def interrupted(self, raw):
+        calls.append(raw.pk)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, raw)
+
+    monkeypatch.setattr(services._Worker, "process", interrupted)
+    out = StringIO()
+    call_command("deid_run", str(mixed.batch.pk), "--no-ocr", "--no-progress", stdout=out)
+    run = DeidRun.objects.get()
+    assert run.status == "cancelled" and run.files_done == 2
+    assert f"run {run.pk} cancelled: 2/7" in out.getvalue()
+
+    monkeypatch.setattr(services._Worker, "process", real)
+    call_command("deid_run", "--resume", str(run.pk), "--no-ocr", "--no-progress", stdout=out)
+    run.refresh_from_db()
+    assert run.status == "done" and run.results.count() == 7 == run.files_done

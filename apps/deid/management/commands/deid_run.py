@@ -57,8 +57,10 @@ class Command(BaseCommand):
             try:
                 outcome = services.process_run(run.pk, progress=tick, ocr=ocr)
             except KeyboardInterrupt:
+                # process_run released the run, so the cancel is immediate; the files done so
+                # far keep their rows and `--resume RUN_ID` continues from there.
                 services.cancel_run(DeidRun.objects.get(pk=run.pk), acting_user=user)
-                outcome = services.process_run(run.pk, progress=tick, ocr=ocr)
+                outcome = services.RunOutcome(run.pk, claimed=True, status="cancelled")
             finally:
                 if bar is not None:
                     bar.close()
