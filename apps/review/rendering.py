@@ -302,6 +302,8 @@ def read_edf(path: Path, *, seconds: float = 10.0, max_points: int = 2500) -> di
             record_len = sum(nsamp)
             want = max(1, min(n_records if n_records > 0 else 1, int(np.ceil(seconds / duration))))
             data = fh.read(want * record_len * 2)
+    except RenderError:
+        raise
     except (OSError, ValueError) as exc:
         raise RenderError(f"unreadable EDF: {type(exc).__name__}") from None
     records = len(data) // (record_len * 2) if record_len else 0
@@ -385,8 +387,10 @@ def read_wfdb_header(path: Path) -> dict[str, Any]:
     for i, spec in enumerate(specs):
         header[f"signal_{i + 1}"] = " ".join(spec)
     if specs and all(len(s) > 1 and s[1].split("x")[0] == "16" for s in specs):
-        dat = path.with_name(specs[0][0])
-        if dat.is_file() and dat.parent == path.parent:
+        dat = path.with_name(Path(specs[0][0]).name)
+        if not dat.is_file():
+            dat = path.with_suffix(".dat")  # the run writes the signal beside its header
+        if dat.is_file():
             raw = np.fromfile(dat, dtype="<i2", count=int(fs * 10) * n_sig)
             raw = raw[: (len(raw) // n_sig) * n_sig].reshape(-1, n_sig)
             step = max(1, raw.shape[0] // 2500)

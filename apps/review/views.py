@@ -22,6 +22,7 @@ from django.http import (
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy as _lazy
 from django.views.decorators.http import require_GET
 
 from apps.core.access import roles, roles_of
@@ -33,6 +34,16 @@ from apps.review.models import Category, Finding, ReviewBatch, ReviewItem, Verdi
 READERS = (CLINICIAN, STEWARD, PRIVACY, AUDITOR)
 RELEASERS = {STEWARD, PRIVACY}
 GRANTS = "review_original_grants"
+# rendering.py stays free of Django; the preset names are translated here.
+PRESET_LABELS = {
+    "soft": _lazy("Soft tissue"),
+    "lung": _lazy("Lung"),
+    "bone": _lazy("Bone"),
+    "brain": _lazy("Brain"),
+    "liver": _lazy("Liver"),
+    "suv": _lazy("SUV 0–10"),
+    "auto": _lazy("Auto"),
+}
 
 
 def _batch(pk: int) -> ReviewBatch:
@@ -221,7 +232,10 @@ def _item_context(request: HttpRequest, item: ReviewItem, *, live: bool) -> dict
                 "rows": image.rows,
                 "cols": image.cols,
                 "color": image.is_color,
-                "presets": rendering.presets_for(image),
+                "presets": [
+                    {**p, "label": str(PRESET_LABELS.get(p["key"], p["label"]))}
+                    for p in rendering.presets_for(image)
+                ],
             }
             ctx["header"] = rendering.header_rows(path)
             ctx["boxes"] = [
