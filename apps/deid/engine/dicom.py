@@ -780,8 +780,6 @@ def deidentify_dicom(
 
 
 def _needs_ocr(ds: Dataset, profile: DeidProfile) -> bool:
-    if "PixelData" not in ds or not profile.ocr.enabled:
-        return False
-    if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
-        return True
-    return str(ds.get("Modality", "")).upper() in profile.ocr.modalities
+    from .pixels import needs_ocr
+
+    return needs_ocr(ds, profile.ocr)

@@ -123,6 +123,21 @@ def _bands_changed(a: np.ndarray, b: np.ndarray) -> bool:
     return bool((np.abs(a - b) > 48).mean() > 0.002)
 
 
+def needs_ocr(ds: Dataset, settings: OcrSettings) -> bool:
+    """OCR when the header says there is burned-in text, the modality usually has it, or the
+    image is a colour secondary capture / screenshot."""
+    if "PixelData" not in ds or not settings.enabled:
+        return False
+    if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+        return True
+    if str(ds.get("Modality", "")).upper() in settings.modalities:
+        return True
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    return int(ds.get("SamplesPerPixel", 1)) == 3 and any(
+        v in ("SECONDARY", "SCREEN", "SCREENSHOT") for v in image_type
+    )
+
+
 class PixelCleaner:
     """Finds and masks burned-in text; one instance serves many files (the OCR model loads once)."""
 
@@ -133,19 +148,8 @@ class PixelCleaner:
 
     # -- decisions -----------------------------------------------------------------------
     def needs_ocr(self, ds: Dataset) -> bool:
-        """OCR when the header says there is burned-in text, or the modality usually has it."""
-        if "PixelData" not in ds or not self.settings.enabled:
-            return False
-        if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
-            return True
-        if str(ds.get("Modality", "")).upper() in self.settings.modalities:
-            return True
-        # Secondary-capture style screenshots: colour images without a modality-specific IOD.
-        return (
-            int(ds.get("SamplesPerPixel", 1)) == 3
-            and "ImageType" in ds
-            and any(str(v).upper() in ("SECONDARY", "SCREEN", "SCREENSHOT") for v in ds.ImageType)
-        )
+        """See :func:`needs_ocr`."""
+        return needs_ocr(ds, self.settings)
 
     def _keep_box(self, b: OcrBox, rows: int, cols: int, ctx: PatientContext | None) -> bool:
         s = self.settings

@@ -256,3 +256,39 @@ def test_reversible_tokens_are_stored_encrypted_when_a_vault_is_given() -> None:
     masks = re.findall(r"<[A-Z_]+_[0-9a-f]+>", res.text)
     assert [vault.reveal("text", m) for m in masks] == ["张伟", "13812345678"]
     assert "张伟".encode() not in b"".join(vault.store.values())
+
+
+@st.composite
+def phi_items(draw: st.DrawFn) -> str:
+    kind = draw(st.sampled_from(["rid", "mobile", "date", "name", "mrn", "email"]))
+    if kind == "rid":
+        return draw(resident_ids())
+    if kind == "mobile":
+        return (
+            "1" + draw(st.sampled_from("3589")) + draw(st.from_regex(r"[0-9]{9}", fullmatch=True))
+        )
+    if kind == "date":
+        d = draw(st.dates(date(1990, 1, 1), date(2030, 12, 31)))
+        return f"{d.year}年{d.month}月{d.day}日"
+    if kind == "mrn":
+        return "住院号：ZY" + draw(st.from_regex(r"[0-9]{6,8}", fullmatch=True))
+    if kind == "email":
+        return draw(st.from_regex(r"[a-z]{3,8}", fullmatch=True)) + "@hosp.cn"
+    return (
+        "患者"
+        + draw(st.sampled_from("张王李刘陈杨赵周吴徐孙"))
+        + draw(st.sampled_from(["伟", "芳", "建国", "秀英", "志强"]))
+    )
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(CLINICAL), phi_items()), min_size=1, max_size=6))
+def test_phi_at_random_places_in_a_note_is_removed_and_clinical_text_kept(pairs) -> None:
+    parts = []
+    for clinical, phi in pairs:
+        parts += [clinical, "，", phi, "。"]
+    out = clean("".join(parts), context=PatientContext.build(KEY, patient_id="P-note"))
+    for clinical, phi in pairs:
+        secret = phi.split("：")[-1].removeprefix("患者")
+        assert secret not in out, (secret, out)
+        assert clinical in out, (clinical, out)
