@@ -560,7 +560,12 @@ def _scan_files(batch: IngestBatch, source: DataSource, progress: ProgressCallba
             if RawFile.objects.filter(source=source, relpath=rel, sha256=digest).exists():
                 skipped = 1
             else:
-                found = detect.detect(path, wfdb_files=wfdb_files)
+                try:
+                    found = detect.detect(path, wfdb_files=wfdb_files)
+                except Exception as exc:
+                    # A parser bug on one hostile file: register it as unreadable, go on.
+                    logger.warning("detection crashed on a file: %s", type(exc).__name__)
+                    found = detect.Detected(kind=detect.UNREADABLE)
                 RawFile.objects.create(
                     batch=batch,
                     source=source,
@@ -645,6 +650,12 @@ def run_qa(batch_id: int, *, acting_user: User | int | None = None) -> dict[str,
             outcomes = qa.check_file(safe_path(root, raw.relpath), raw.kind, raw.modality)
         except (ScanError, OSError):
             outcomes = [qa.Outcome.fail(qa.FORMAT_KNOWN, qa.ERROR, "file is no longer readable")]
+        except Exception as exc:
+            # One hostile file must not stop the batch: it fails, by type, and QA goes on.
+            logger.warning("QA of raw file %s crashed: %s", raw.pk, type(exc).__name__)
+            outcomes = [
+                qa.Outcome.fail(qa.FORMAT_KNOWN, qa.ERROR, f"checks crashed ({type(exc).__name__})")
+            ]
         _store_outcomes(raw, outcomes, now)
         counts["files"] += 1
         counts["failed"] += sum(o.result == qa.FAIL for o in outcomes)

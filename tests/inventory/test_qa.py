@@ -259,3 +259,21 @@ def test_an_exclusion_needs_a_one_line_reason(scanned):
     for reason in ("", "   ", "two\nlines", "x" * 201):
         with pytest.raises(ValidationError):
             services.exclude_file(raw, reason=reason, acting_user=None)
+
+
+@pytest.mark.django_db
+def test_a_crashing_check_fails_its_file_and_the_batch_goes_on(source, monkeypatch):
+    real = qa.check_file
+
+    def explode_on_notes(path, kind, modality):
+        if kind == "text":
+            raise MemoryError
+        return real(path, kind, modality)
+
+    monkeypatch.setattr(qa, "check_file", explode_on_notes)
+    batch = services.start_scan(source, acting_user=None, enqueue=False)
+    batch = services.scan_source(batch.pk)
+    assert batch.status == "done"
+    crashed = QACheckResult.objects.get(raw_file__relpath="notes/report.txt")
+    assert (crashed.result, crashed.notes) == ("fail", "checks crashed (MemoryError)")
+    assert results(batch, "dicom_readable")["ct/slice1.dcm"] == "pass"

@@ -235,3 +235,29 @@ def test_start_scan_queues_the_task_after_commit(source, django_capture_on_commi
     ):
         batch = services.start_scan(source, acting_user=None)
     delay.assert_called_once_with(batch.pk)
+
+
+def test_fifos_and_undecodable_names_are_refused_not_opened(source, mixed_tree):
+    os.mkfifo(mixed_tree / "pipe")  # opening it would block the scanner forever
+    with open(os.path.join(os.fsencode(mixed_tree), b"bad-\xff.txt"), "wb") as fh:
+        fh.write(b"a name that is not UTF-8")
+    batch = scan(source)
+    assert batch.status == IngestBatch.Status.DONE
+    assert batch.files_refused == 3
+    assert batch.files.count() == 9
+
+
+def test_a_detector_crash_registers_the_file_as_unreadable(source, monkeypatch):
+    from apps.inventory import detect
+
+    real = detect.detect
+
+    def explode_on_junk(path, **kwargs):
+        if str(path).endswith("junk.bin"):
+            raise RuntimeError("parser bug")
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(detect, "detect", explode_on_junk)
+    batch = scan(source)
+    assert batch.status == IngestBatch.Status.DONE
+    assert kinds(batch)["junk.bin"] == "unreadable"
