@@ -485,3 +485,11 @@ def test_encapsulated_documents_are_quarantined(key, make_dataset, dataset_bytes
     ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
     res = deidentify_dicom(dataset_bytes(ds), key=key, profile=NO_OCR)
     assert res.status == "quarantined" and "encapsulated_document" in res.reason
+
+
+def test_an_output_can_be_de_identified_again(key, make_dicom) -> None:
+    once = deidentify_dicom(make_dicom(), key=key, profile=NO_OCR)
+    twice = deidentify_dicom(once.output, key=key, profile=NO_OCR)
+    assert twice.status == "ok", twice.reason
+    a, b = read(once.output), read(twice.output)
+    assert b.PixelData == a.PixelData and b.Rows == a.Rows
