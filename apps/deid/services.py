@@ -40,6 +40,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, F, Q
 from django.db.models.deletion import ProtectedError
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from apps.audit.services import record
 from apps.core.access import roles_of
@@ -149,11 +150,11 @@ def profile_from_data(data: dict[str, Any] | None) -> DeidProfile:
     if not data:
         return DeidProfile()
     if not isinstance(data, dict):
-        raise DeidServiceError("a profile must be a JSON object")
+        raise DeidServiceError(_("a profile must be a JSON object"))
     try:
         return DeidProfile.from_dict(data)
     except (TypeError, ValueError) as exc:
-        raise DeidServiceError(f"invalid profile: {exc}") from None
+        raise DeidServiceError(_("invalid profile: %(err)s") % {"err": exc}) from None
 
 
 def _run_state(run: DeidRun) -> dict[str, Any]:
@@ -185,7 +186,7 @@ def save_profile(
     returns that version unchanged.
     """
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,59}", name or ""):
-        raise DeidServiceError("a profile name is 1-60 lowercase letters, digits, '-' or '_'")
+        raise DeidServiceError(_("a profile name is 1-60 lowercase letters, digits, '-' or '_'"))
     with transaction.atomic():
         latest = (
             ProfileVersion.objects.select_for_update()
@@ -255,7 +256,7 @@ def start_run(
     the CLI passes ``enqueue=False`` and processes in-process.
     """
     if batch.status == IngestBatch.Status.RUNNING:
-        raise DeidServiceError(f"ingest batch {batch.pk} is still being scanned")
+        raise DeidServiceError(_("ingest batch %(id)s is still being scanned") % {"id": batch.pk})
     version = profile if isinstance(profile, ProfileVersion) else None
     if version is not None:
         profile = profile_from_data(version.data)
@@ -311,7 +312,7 @@ def cancel_run(run: DeidRun, *, acting_user: User | None) -> DeidRun:
         ):
             action = "deid.run_cancel_requested"
         else:
-            raise DeidServiceError(f"run {run.pk} is not pending or running")
+            raise DeidServiceError(_("run %(id)s is not pending or running") % {"id": run.pk})
         run.refresh_from_db()
         record(action, f"deid.deidrun:{run.pk}", actor=acting_user, pre=pre, post=_run_state(run))
     return run
@@ -335,7 +336,9 @@ def resume_run(run: DeidRun, *, acting_user: User | None, enqueue: bool = True) 
             Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=now - STALE_AFTER)
         ).update(heartbeat_at=None, updated=now)
         if not changed:
-            raise DeidServiceError(f"run {run.pk} cannot be resumed in its current state")
+            raise DeidServiceError(
+                _("run %(id)s cannot be resumed in its current state") % {"id": run.pk}
+            )
         run.refresh_from_db()
         record(
             "deid.run_resumed",
@@ -362,19 +365,23 @@ def retry_errors(run: DeidRun, *, acting_user: User | None, enqueue: bool = True
     with transaction.atomic():
         locked = DeidRun.objects.select_for_update().filter(pk=run.pk, status__in=finished)
         if not locked.exists():
-            raise DeidServiceError(f"run {run.pk} is still active; retry when it has stopped")
+            raise DeidServiceError(
+                _("run %(id)s is still active; retry when it has stopped") % {"id": run.pk}
+            )
         if run.released_at is not None:
-            raise DeidServiceError(f"run {run.pk} is released; start a new run instead")
+            raise DeidServiceError(
+                _("run %(id)s is released; start a new run instead") % {"id": run.pk}
+            )
         pre = _run_state(run)
         errors = DeidFileResult.objects.filter(run=run, status=Status.ERROR)
         count = errors.count()
         if not count:
-            raise DeidServiceError(f"run {run.pk} has no files in error")
+            raise DeidServiceError(_("run %(id)s has no files in error") % {"id": run.pk})
         try:
             errors.delete()
         except ProtectedError:
             raise DeidServiceError(
-                f"run {run.pk}: results in error are referenced elsewhere"
+                _("run %(id)s: results in error are referenced elsewhere") % {"id": run.pk}
             ) from None
         DeidRun.objects.filter(pk=run.pk).update(
             status=RunStatus.PENDING,
@@ -755,7 +762,7 @@ class _Worker:
             batch_id=raw.batch_id, study_key=raw.study_key, kind=RawFile.Kind.DICOM, excluded=False
         ).order_by("relpath")[:3]
         for cand in candidates:
-            data, _, _ = read_raw(self.raw_root, cand.relpath)
+            data, _status, _reason = read_raw(self.raw_root, cand.relpath)
             if data is None:
                 continue
             ctx = _header_context(data, self.engine)
@@ -845,13 +852,13 @@ class _Worker:
         owner = self.taken.get(rel)
         if owner is not None and owner != raw.pk:
             raise _OutputError("output_path_collision: another file of this run has this path")
-        sha, _ = atomic_write(self.out_root / rel, result.output)
+        sha, _written = atomic_write(self.out_root / rel, result.output)
         if result.output_sha256 and sha != result.output_sha256:
             raise _OutputError("output_hash_mismatch")
         extras: dict[str, str] = {}
         for suffix, blob in result.extra_outputs.items():
             extra = self._extra_path(rel, suffix)
-            extras[suffix], _ = atomic_write(self.out_root / extra, blob)
+            extras[suffix] = atomic_write(self.out_root / extra, blob)[0]
         self.taken[rel] = raw.pk
         return {"output_relpath": rel, "output_sha256": sha, "extra_outputs": extras}
 
@@ -953,18 +960,18 @@ def reveal_pseudonym(
     caller and stored nowhere.
     """
     if PRIVACY not in roles_of(acting_user):
-        raise PermissionDenied("only privacy officers may re-identify")
+        raise PermissionDenied(_("only privacy officers may re-identify"))
     reason = (reason or "").strip()
     if len(reason) < REVEAL_REASON_MIN_LENGTH:
         raise ValidationError(
-            f"state a reason of at least {REVEAL_REASON_MIN_LENGTH} characters",
+            _("state a reason of at least %(n)s characters") % {"n": REVEAL_REASON_MIN_LENGTH},
             code="reason_too_short",
         )
     pseudonym = (pseudonym or "").strip().upper()
     if not _PSEUDONYM_RE.fullmatch(pseudonym):
-        raise ValidationError("not a pseudonym (letters and digits only)", code="bad_pseudonym")
+        raise ValidationError(_("not a pseudonym (letters and digits only)"), code="bad_pseudonym")
     if not re.fullmatch(r"[a-z_]{1,40}", kind):
-        raise ValidationError("unknown record kind", code="bad_kind")
+        raise ValidationError(_("unknown record kind"), code="bad_kind")
     digest = hashlib.sha256(pseudonym.encode()).hexdigest()
     original: str | None = None
     failure = ""
@@ -993,7 +1000,9 @@ def reveal_pseudonym(
             },
         )
     if original is None:
-        raise DeidServiceError(f"no vault record for this pseudonym ({failure})")
+        raise DeidServiceError(
+            _("no vault record for this pseudonym (%(code)s)") % {"code": failure}
+        )
     return original
 
 
