@@ -655,6 +655,7 @@ class Reach:
     raw_file_ids: list[int]
     versions: list[VersionReach]
     uses: list[DatasetUse]
+    members: QuerySet[DatasetMember] | None = None  # the lineage rows, for exports
 
     @property
     def found(self) -> bool:
@@ -677,7 +678,7 @@ def _reach(subject: str, members: QuerySet[DatasetMember], raw_ids: list[int]) -
         for pk in sorted(samples, key=lambda pk: (versions[pk].name, versions[pk].number))
     ]
     uses = list(DatasetUse.objects.filter(version_id__in=list(samples)).select_related("version"))
-    return Reach(subject, raw_ids, reach, uses)
+    return Reach(subject, raw_ids, reach, uses, members.select_related("version"))
 
 
 def reach_of_raw_file(raw_file: RawFile) -> Reach:

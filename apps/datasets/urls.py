@@ -7,6 +7,7 @@ urlpatterns = [
     path("", views.version_list, name="list"),
     path("build/", views.build, name="build"),
     path("lineage/", views.lineage_search, name="lineage"),
+    path("lineage.csv", views.lineage_csv, name="lineage_csv"),
     path("<int:pk>/", views.version_detail, name="detail"),
     path("<int:pk>/status/", views.version_status, name="status"),
     path("<int:pk>/lineage/", views.version_lineage, name="version_lineage"),

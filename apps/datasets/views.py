@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
@@ -165,6 +167,17 @@ def build(request: HttpRequest) -> HttpResponse:
     return render(request, "datasets/build.html", {"form": form}, status=status)
 
 
+def _reports(form: LineageSearchForm) -> list[services.Reach]:
+    q, kind = form.cleaned_data["q"], form.cleaned_data.get("kind") or "auto"
+    reports: list[services.Reach] = []
+    if kind in ("auto", "raw"):
+        reports = [services.reach_of_raw_file(f) for f in services.find_raw_files(q)[:20]]
+    if kind == "patient" or (kind == "auto" and not reports):
+        reach = services.reach_of_patient(q)
+        reports = [reach] if reach.found else []
+    return reports
+
+
 @roles(*LINEAGE)
 @require_GET
 def lineage_search(request: HttpRequest) -> HttpResponse:
@@ -173,12 +186,7 @@ def lineage_search(request: HttpRequest) -> HttpResponse:
     form = LineageSearchForm(request.GET or None)
     reports = []
     if form.is_bound and form.is_valid():
-        q, kind = form.cleaned_data["q"], form.cleaned_data.get("kind") or "auto"
-        if kind in ("auto", "raw"):
-            reports = [services.reach_of_raw_file(f) for f in services.find_raw_files(q)[:20]]
-        if kind == "patient" or (kind == "auto" and not reports):
-            reach = services.reach_of_patient(q)
-            reports = [reach] if reach.found else []
+        reports = _reports(form)
     for report in reports:
         report.use_rows = [  # type: ignore[attr-defined]
             (
@@ -194,6 +202,69 @@ def lineage_search(request: HttpRequest) -> HttpResponse:
         "datasets/partials/reach.html",
         {"form": form, "reports": reports, "searched": form.is_bound and form.is_valid()},
     )
+
+
+CSV_HEADER = (
+    "subject",
+    "row",
+    "version_id",
+    "version",
+    "sample_key",
+    "member",
+    "raw_file_id",
+    "deid_run_id",
+    "consumer_kind",
+    "consumer_id",
+)
+
+
+@roles(*LINEAGE)
+@require_GET
+def lineage_csv(request: HttpRequest) -> HttpResponse:
+    """The same report as CSV, one row per packed file and per consumer (ids only)."""
+    form = LineageSearchForm(request.GET or None)
+    if not (form.is_bound and form.is_valid()):
+        return HttpResponse("give ?q=", status=400, content_type="text/plain; charset=utf-8")
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = 'attachment; filename="data-reach.csv"'
+    writer = csv.writer(response)
+    writer.writerow(CSV_HEADER)
+    for report in _reports(form):
+        for m in report.members.order_by("version_id", "sample_key", "raw_file_id"):
+            writer.writerow(
+                [
+                    report.subject,
+                    "file",
+                    m.version_id,
+                    m.version.label,
+                    m.sample_key,
+                    m.member,
+                    m.raw_file_id,
+                    m.run_id,
+                    "",
+                    "",
+                ]
+            )
+        for use in report.uses:
+            # Consumer ids come from other apps: keep spreadsheets from running them.
+            consumer_id = use.consumer_id
+            if consumer_id[:1] in ("=", "+", "-", "@"):
+                consumer_id = f"'{consumer_id}"
+            writer.writerow(
+                [
+                    report.subject,
+                    "use",
+                    use.version_id,
+                    use.version.label,
+                    "",
+                    "",
+                    "",
+                    "",
+                    use.consumer_kind,
+                    consumer_id,
+                ]
+            )
+    return response
 
 
 @roles(*LABELS_READ)

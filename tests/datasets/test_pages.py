@@ -17,6 +17,7 @@ PAGES = [
     ("/datasets/{pk}/status/", {"data_steward", "privacy_officer", "operator", "auditor"}),
     ("/datasets/build/", {"data_steward"}),
     ("/datasets/lineage/", {"privacy_officer", "data_steward", "auditor"}),
+    ("/datasets/lineage.csv?q=P-AAAA", {"privacy_officer", "data_steward", "auditor"}),
     (
         "/datasets/{pk}/labels/",
         {"data_steward", "privacy_officer", "operator", "auditor", "clinician_reviewer"},
@@ -158,3 +159,24 @@ def test_a_label_set_is_uploaded_from_the_page(built, as_role):
         },
     )
     assert bad.status_code == 400 and "line 1" in bad.content.decode()
+
+
+def test_the_reach_report_exports_as_csv_with_ids_only(built, world, as_role):
+    import csv
+    import io
+
+    from apps.datasets import services
+
+    services.record_dataset_use(
+        built, consumer_kind="jobs.trainingrun", consumer_id="5", acting_user=None
+    )
+    response = as_role("privacy_officer").get("/datasets/lineage.csv", {"q": "P-AAAA"})
+    rows = list(csv.DictReader(io.StringIO(response.content.decode())))
+    files = [r for r in rows if r["row"] == "file"]
+    assert {int(r["raw_file_id"]) for r in files} == {
+        world.raws[k].pk for k in ("a_ct1", "a_ct2", "a_ct3", "a_report", "a_ecg")
+    }
+    assert [(r["consumer_kind"], r["consumer_id"]) for r in rows if r["row"] == "use"] == [
+        ("jobs.trainingrun", "5")
+    ]
+    assert all(r["version"] == "ct-demo v1" for r in rows)
