@@ -1,6 +1,6 @@
 """The batch script of an attempt, and the scheduler job spec that carries it.
 
-The template (``deploy/slurm/templates/train.sbatch``, or the site's copy named by
+The template (``deploy/slurm/templates/train_job.sh``, or the site's copy named by
 ``JOBS_SCRIPT_TEMPLATE_DIR``) is rendered with Django's template engine with autoescaping
 off, because its output is shell, not HTML. Nothing reaches it raw: names, identifiers and
 paths were checked against strict patterns by ``validation.plan_run`` and are passed through
@@ -24,7 +24,7 @@ from apps.jobs.validation import RunSpec, is_safe_path, trainer_overrides
 
 _ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
 CLUSTER_SCHEDULERS = frozenset({"slurm", "slurmrestd", "pyslurm"})
-TEMPLATE_NAME = "train.sbatch"
+TEMPLATE_NAME = "train_job.sh"
 
 
 class RenderError(ValueError):

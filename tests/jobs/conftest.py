@@ -118,7 +118,7 @@ def jobs_settings(settings: Any, tmp_path: Path) -> Any:
 
 @pytest.fixture
 def tiny_template(settings: Any) -> Path:
-    """Swap the training template for tests/jobs/templates/train.sbatch: it prints its
+    """Swap the training template for tests/jobs/templates/train_job.sh: it prints its
     rank variables and exits with $MEDCTL_TEST_EXIT after $MEDCTL_TEST_SLEEP seconds."""
     settings.JOBS_SCRIPT_TEMPLATE_DIR = str(TINY_SCRIPT_DIR)
     return TINY_SCRIPT_DIR

@@ -409,3 +409,22 @@ def test_under_torchrun_the_trainers_requeue_marker_counts_as_exit_75(fake, laun
     run_tasks()
     launched.refresh_from_db()
     assert launched.auto_requeues == 1 and attempt_of(launched, 2).trigger == "auto"
+
+
+def test_the_reconciler_is_on_the_beat_schedule():
+    from controlplane.celery import app
+
+    entry = app.conf.beat_schedule["jobs-reconcile"]
+    assert entry["task"] == "apps.jobs.tasks.reconcile" and entry["schedule"] == 15.0
+
+
+def test_the_reconcile_command_runs_one_pass(fake, launched):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    fake.set("100", "RUNNING")
+    out = StringIO()
+    call_command("jobs_reconcile", stdout=out)
+    assert "changed 1" in out.getvalue()
+    assert attempt_of(launched).state == AttemptState.RUNNING

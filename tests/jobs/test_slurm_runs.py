@@ -1,6 +1,6 @@
 """Runs against the REAL single-node Slurm of deploy/slurm (marked ``slurm``).
 
-The batch script is tests/jobs/templates/train.sbatch (same context as the real template; it
+The batch script is tests/jobs/templates/train_job.sh (same context as the real template; it
 sleeps and exits instead of training), so these tests prove the control plane's side:
 submission, reconciliation, cancel, requeue, resume, idempotent retry and per-user identity.
 Without Slurm they skip; with MEDCTL_REQUIRE_SERVICES=1 they fail instead.

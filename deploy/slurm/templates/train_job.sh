@@ -1,6 +1,6 @@
 #!/bin/bash
 # medctl training run {{ run_name }} (run {{ run_id }}, attempt {{ attempt }}), rendered by
-# apps/jobs/rendering.py from deploy/slurm/templates/train.sbatch (modelled on the seed's
+# apps/jobs/rendering.py from deploy/slurm/templates/train_job.sh (modelled on the seed's
 # appendix A). Every value below was validated against a strict pattern or is a number, and
 # is shell-quoted where the shell reads it. Retries, resume and cleanup live in the control
 # plane, not here: this file holds directives, environment and one launch line.
