@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from django.utils.translation import gettext as _
+
 COLUMNS = ("source", "type", "avg_size_MB", "estimated_count", "owner", "consent_status", "notes")
 NUMERIC_COLUMNS = ("avg_size_MB", "estimated_count")
 FORMULA_CHARS = ("=", "+", "-", "@", "\t", "\r")
@@ -65,8 +67,13 @@ class RowError:
     message: str
 
     def __str__(self) -> str:
-        where = f"line {self.line}" + (f", column {self.column}" if self.column else "")
-        return f"{where}: {self.message}"
+        if self.column:
+            return _("line %(line)d, column %(column)s: %(message)s") % {
+                "line": self.line,
+                "column": self.column,
+                "message": self.message,
+            }
+        return _("line %(line)d: %(message)s") % {"line": self.line, "message": self.message}
 
 
 class InventoryCSVError(ValueError):
@@ -89,23 +96,25 @@ class ParsedRow:
 def decode(data: bytes, encoding: str = "auto") -> str:
     """The file's text; errors say which encoding was expected and where it broke."""
     if encoding not in ENCODINGS:
-        raise InventoryCSVError([RowError(0, "", f"unknown encoding {encoding!r}")])
+        raise InventoryCSVError(
+            [RowError(0, "", _("unknown encoding %(name)r") % {"name": encoding})]
+        )
     if len(data) > MAX_BYTES:
         raise InventoryCSVError(
-            [RowError(0, "", f"file is {len(data)} bytes; the limit is {MAX_BYTES}")]
+            [RowError(0, "", _("file is over the limit of %(limit)d bytes") % {"limit": MAX_BYTES})]
         )
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
         raise InventoryCSVError(
-            [RowError(1, "", "file is UTF-16; save it as CSV UTF-8 (or GB18030) and retry")]
+            [RowError(1, "", _("file is UTF-16; save it as CSV UTF-8 (or GB18030) and retry"))]
         )
     if b"\x00" in data:
-        raise InventoryCSVError([RowError(0, "", "file contains NUL bytes; it is not a CSV")])
+        raise InventoryCSVError([RowError(0, "", _("file contains NUL bytes; it is not a CSV"))])
     if encoding == "gb18030":
         try:
             return data.decode("gb18030")
         except UnicodeDecodeError as exc:
             raise InventoryCSVError(
-                [RowError(_line_at(data, exc.start), "", "not valid GB18030 text")]
+                [RowError(_line_at(data, exc.start), "", _("not valid GB18030 text"))]
             ) from None
     try:
         return data.decode("utf-8-sig")
@@ -114,11 +123,17 @@ def decode(data: bytes, encoding: str = "auto") -> str:
         if encoding == "auto":
             try:
                 data.decode("gb18030")
-                hint = "; it reads as GB18030 (Excel on Chinese Windows): choose that encoding"
+                hint = _("; it reads as GB18030 (Excel on Chinese Windows): choose that encoding")
             except UnicodeDecodeError:
-                hint = "; save it as CSV UTF-8"
+                hint = _("; save it as CSV UTF-8")
         raise InventoryCSVError(
-            [RowError(_line_at(data, exc.start), "", f"not valid UTF-8 at byte {exc.start}{hint}")]
+            [
+                RowError(
+                    _line_at(data, exc.start),
+                    "",
+                    _("not valid UTF-8 at byte %(offset)d") % {"offset": exc.start} + hint,
+                )
+            ]
         ) from None
 
 
@@ -150,20 +165,19 @@ def parse(text: str, *, type_codes: set[str], consent_codes: set[str]) -> list[P
     try:
         header = next(reader, None)
     except csv.Error as exc:
-        raise InventoryCSVError([RowError(1, "", f"malformed CSV header ({exc})")]) from None
+        raise InventoryCSVError(
+            [RowError(1, "", _("malformed CSV header (%(error)s)") % {"error": exc})]
+        ) from None
     if header is None:
-        raise InventoryCSVError([RowError(1, "", "file is empty")])
+        raise InventoryCSVError([RowError(1, "", _("file is empty"))])
     if tuple(header) != COLUMNS:
         raise InventoryCSVError(
             [
                 RowError(
                     1,
                     "",
-                    "header must be exactly "
-                    + ",".join(COLUMNS)
-                    + " (got "
-                    + ",".join(h[:40] for h in header[:12])
-                    + ")",
+                    _("header must be exactly %(expected)s (got %(got)s)")
+                    % {"expected": ",".join(COLUMNS), "got": ",".join(h[:40] for h in header[:12])},
                 )
             ]
         )
@@ -176,17 +190,24 @@ def parse(text: str, *, type_codes: set[str], consent_codes: set[str]) -> list[P
         except StopIteration:
             break
         except csv.Error as exc:
-            errors.append(RowError(line, "", f"malformed CSV ({exc})"))
+            errors.append(RowError(line, "", _("malformed CSV (%(error)s)") % {"error": exc}))
             break
         start, line = line, reader.line_num + 1
         if not cells or cells == [""]:
             continue  # blank line
         count += 1
         if count > MAX_ROWS:
-            errors.append(RowError(start, "", f"more than {MAX_ROWS} rows"))
+            errors.append(RowError(start, "", _("more than %(max)d rows") % {"max": MAX_ROWS}))
             break
         if len(cells) != len(COLUMNS):
-            errors.append(RowError(start, "", f"has {len(cells)} fields; expected {len(COLUMNS)}"))
+            errors.append(
+                RowError(
+                    start,
+                    "",
+                    _("has %(n)d fields; expected %(expected)d")
+                    % {"n": len(cells), "expected": len(COLUMNS)},
+                )
+            )
             continue
         row_errors: list[RowError] = []
         values = _row_values(
@@ -197,7 +218,11 @@ def parse(text: str, *, type_codes: set[str], consent_codes: set[str]) -> list[P
             first = seen.setdefault(values["source"], start)
             if first != start:
                 row_errors.append(
-                    RowError(start, "source", f"duplicate of the source on line {first}")
+                    RowError(
+                        start,
+                        "source",
+                        _("duplicate of the source on line %(line)d") % {"line": first},
+                    )
                 )
         errors.extend(row_errors)
         if not row_errors:
@@ -226,50 +251,65 @@ def _row_values(
         if value.startswith(FORMULA_CHARS):
             err(
                 column,
-                f"starts with {value[0]!r}, which spreadsheets run as a formula; "
-                "prefix it with an apostrophe (') to keep it as text",
+                _(
+                    "starts with %(char)r, which spreadsheets run as a formula; "
+                    "prefix it with an apostrophe (') to keep it as text"
+                )
+                % {"char": value[0]},
             )
             continue
         value = unmark(value)
         if column == "notes":
             value = normalize_newlines(value)
             if _CONTROL_IN_NOTES.search(value):
-                err(column, "contains control characters")
+                err(column, _("contains control characters"))
                 continue
         elif _CONTROL.search(value) or "\n" in value:
-            err(column, "contains control characters or line breaks")
+            err(column, _("contains control characters or line breaks"))
             continue
         if value != value.strip():
-            err(column, "has leading or trailing spaces")
+            err(column, _("has leading or trailing spaces"))
             continue
         limit = MAX_LENGTHS.get(column)
         if limit and len(value) > limit:
-            err(column, f"is {len(value)} characters long (at most {limit})")
+            err(
+                column,
+                _("is %(n)d characters long (at most %(limit)d)")
+                % {"n": len(value), "limit": limit},
+            )
             continue
         text[column] = value
 
     values: dict[str, Any] = {}
     if "source" in text:
         if not text["source"]:
-            err("source", "is required")
+            err("source", _("is required"))
         values["source"] = text["source"]
     if "owner" in text:
         if not text["owner"]:
-            err("owner", "is required")
+            err("owner", _("is required"))
         values["owner"] = text["owner"]
     if "notes" in text:
         values["notes"] = text["notes"]
     if "type" in text:
         code = TYPE_ALIASES.get(text["type"], text["type"].upper())
         if code not in type_codes:
-            err("type", f"{text['type'][:40]!r} is not one of {', '.join(sorted(type_codes))}")
+            err(
+                "type",
+                _("%(value)r is not one of %(choices)s")
+                % {"value": text["type"][:40], "choices": ", ".join(sorted(type_codes))},
+            )
         values["type"] = code
     if "consent_status" in text:
         code = CONSENT_ALIASES.get(text["consent_status"], text["consent_status"].lower())
         if code not in consent_codes:
             err(
                 "consent_status",
-                f"{text['consent_status'][:40]!r} is not one of {', '.join(sorted(consent_codes))}",
+                _("%(value)r is not one of %(choices)s")
+                % {
+                    "value": text["consent_status"][:40],
+                    "choices": ", ".join(sorted(consent_codes)),
+                },
             )
         values["consent_status"] = code
     if "avg_size_MB" in text:
@@ -277,9 +317,12 @@ def _row_values(
     if "estimated_count" in text:
         raw_count = text["estimated_count"]
         if not raw_count.isascii() or not raw_count.isdigit():
-            err("estimated_count", f"{raw_count[:40]!r} is not a whole number ≥ 0")
+            err(
+                "estimated_count",
+                _("%(value)r is not a whole number ≥ 0") % {"value": raw_count[:40]},
+            )
         elif len(raw_count) > 18:
-            err("estimated_count", "is too large")
+            err("estimated_count", _("is too large"))
         else:
             values["estimated_count"] = int(raw_count)
     return values
@@ -290,16 +333,16 @@ def _decimal(raw: str, err: Any) -> Decimal | None:
     try:
         value = Decimal(raw)
     except InvalidOperation:
-        err(column, f"{raw[:40]!r} is not a number")
+        err(column, _("%(value)r is not a number") % {"value": raw[:40]})
         return None
     if not value.is_finite() or value < 0:
-        err(column, f"{raw[:40]!r} must be a finite number ≥ 0")
+        err(column, _("%(value)r must be a finite number ≥ 0") % {"value": raw[:40]})
         return None
     if value.as_tuple().exponent < -3:  # type: ignore[operator]
-        err(column, "has more than 3 decimal places")
+        err(column, _("has more than 3 decimal places"))
         return None
     if value >= Decimal(10) ** 9:
-        err(column, "is too large (at most 999999999.999)")
+        err(column, _("is too large (at most 999999999.999)"))
         return None
     return value
 

@@ -24,6 +24,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Count, F, Max, Q, Sum
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from apps.audit.services import record
 from apps.core.roles import ALL_ROLES
@@ -119,11 +120,11 @@ def _clean_fields(data: Mapping[str, Any]) -> dict[str, Any]:
             value = csvfile.normalize_newlines(value).strip()
             pattern = _CONTROL_IN_NOTES if name == "notes" else _CONTROL
             if pattern.search(value) or (name != "notes" and "\n" in value):
-                errors[name] = "contains control characters or line breaks"
+                errors[name] = _("contains control characters or line breaks")
                 continue
         if name in ("raw_root", "deid_root", "working_root") and value:
             if not os.path.isabs(value) or ".." in Path(value).parts:
-                errors[name] = "must be an absolute path without '..'"
+                errors[name] = _("must be an absolute path without '..'")
                 continue
             value = os.path.normpath(value)
         if name == "allowed_roles":
@@ -183,7 +184,7 @@ def delete_source(source: DataSource, *, acting_user: User | int | None) -> None
     with transaction.atomic():
         source = DataSource.objects.select_for_update().get(pk=source.pk)
         if source.batches.exists():
-            raise ValidationError("this source has ingest batches; it cannot be deleted")
+            raise ValidationError(_("this source has ingest batches; it cannot be deleted"))
         state, pk = source_state(source), source.pk
         source.delete()
         record(
@@ -209,14 +210,27 @@ def _read_upload(file: bytes | IO[bytes] | Any) -> bytes:
         size = getattr(file, "size", None)
         if size is not None and size > csvfile.MAX_BYTES:
             raise InventoryCSVError(
-                [csvfile.RowError(0, "", f"file is {size} bytes; the limit is {csvfile.MAX_BYTES}")]
+                [
+                    csvfile.RowError(
+                        0,
+                        "",
+                        _("file is over the limit of %(limit)d bytes")
+                        % {"limit": csvfile.MAX_BYTES},
+                    )
+                ]
             )
         data = file.read(csvfile.MAX_BYTES + 1)
         if isinstance(data, str):
             data = data.encode("utf-8")
     if len(data) > csvfile.MAX_BYTES:
         raise InventoryCSVError(
-            [csvfile.RowError(0, "", f"file is over the limit of {csvfile.MAX_BYTES} bytes")]
+            [
+                csvfile.RowError(
+                    0,
+                    "",
+                    _("file is over the limit of %(limit)d bytes") % {"limit": csvfile.MAX_BYTES},
+                )
+            ]
         )
     return data
 
@@ -312,15 +326,15 @@ def uid_key() -> bytes:
 def raw_root_of(source: DataSource) -> Path:
     """The source's raw root, resolved; ScanError when it is unset or not a folder."""
     if not source.raw_root:
-        raise ScanError("the source has no raw root")
+        raise ScanError(_("the source has no raw root"))
     if not os.path.isabs(source.raw_root):
-        raise ScanError("the raw root must be an absolute path")
+        raise ScanError(_("the raw root must be an absolute path"))
     root = Path(source.raw_root).resolve()
     allowed = getattr(settings, "INVENTORY_ALLOWED_ROOTS", None)
     if allowed and not any(root.is_relative_to(Path(a).resolve()) for a in allowed):
-        raise ScanError("the raw root is outside INVENTORY_ALLOWED_ROOTS")
+        raise ScanError(_("the raw root is outside INVENTORY_ALLOWED_ROOTS"))
     if not root.is_dir():
-        raise ScanError("the raw root is not a readable folder")
+        raise ScanError(_("the raw root is not a readable folder"))
     return root
 
 
@@ -352,7 +366,7 @@ def start_scan(
     with transaction.atomic():
         source = DataSource.objects.select_for_update().get(pk=source.pk)
         if source.batches.filter(status__in=ACTIVE).exists():
-            raise ScanError("a scan of this source is already pending or running")
+            raise ScanError(_("a scan of this source is already pending or running"))
         batch = IngestBatch.objects.create(source=source, created_by_id=_actor_id(acting_user))
         record(
             "inventory.scan_requested",
@@ -724,9 +738,9 @@ def exclude_file(raw_file: RawFile, *, reason: str, acting_user: User | int | No
     """
     reason = (reason or "").strip()
     if not reason:
-        raise ValidationError({"reason": "a reason is required"})
+        raise ValidationError({"reason": _("a reason is required")})
     if len(reason) > 200 or _REASON_CONTROL.search(reason):
-        raise ValidationError({"reason": "at most 200 characters on one line"})
+        raise ValidationError({"reason": _("at most 200 characters on one line")})
     with transaction.atomic():
         changed = RawFile.objects.filter(pk=raw_file.pk, excluded=False).update(
             excluded=True, excluded_reason=reason
