@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export DEBIAN_FRONTEND=noninteractive
 
-PKGS="chromium fonts-noto-cjk fonts-wqy-zenhei gettext"
+# libgl1/libglib2.0-0: opencv (RapidOCR) needs them on slim systems.
+PKGS="chromium fonts-noto-cjk fonts-wqy-zenhei gettext libgl1 libglib2.0-0"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
