@@ -61,6 +61,9 @@ class DeidRun(TimeStampedModel):
     profile_version = models.ForeignKey(
         ProfileVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="runs"
     )
+    # Findings by type, files by kind and the flagged count, totalled when the run stops so
+    # the run page never re-reads millions of result rows.
+    summary = models.JSONField(default=dict, blank=True)
     # The OCR engine the workers ran with ("auto", "off", "custom"; "mixed" when chunks
     # differed): outputs are reused across runs only when it matches.
     ocr_mode = models.CharField(max_length=10, blank=True)

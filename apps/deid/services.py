@@ -565,10 +565,12 @@ def _finish(run_id: int, status: str) -> str:
     ok, quarantined, error = (
         counts.get(s, 0) for s in (Status.OK, Status.QUARANTINED, Status.ERROR)
     )
-    flagged = DeidFileResult.objects.filter(run_id=run_id, flagged=True).count()
+    totals = _totals(DeidFileResult.objects.filter(run_id=run_id))
+    flagged = totals["flagged"]
     with transaction.atomic():
         changed = DeidRun.objects.filter(pk=run_id, status=RunStatus.RUNNING).update(
             status=status,
+            summary=totals,
             files_done=ok + quarantined + error,
             files_ok=ok,
             files_quarantined=quarantined,
@@ -1009,21 +1011,42 @@ def reveal_pseudonym(
 # --- read helpers shared by pages and API ------------------------------------------------------
 
 
-def run_summary(run: DeidRun) -> dict[str, Any]:
-    """Counts by status and kind, findings by type and flagged count (ids and counts only)."""
-    results = DeidFileResult.objects.filter(run=run)
-    by_status = dict(
-        results.values_list("status").annotate(n=Count("pk")).values_list("status", "n")
-    )
+# While a run is active its findings are totalled live from at most this many rows.
+LIVE_FINDINGS_ROWS = 20_000
+
+
+def _totals(results: Any, *, limit: int | None = None) -> dict[str, Any]:
+    """Files by kind, findings by type and flagged count over ``results`` (counts only)."""
     by_kind = dict(results.values_list("kind").annotate(n=Count("pk")).values_list("kind", "n"))
     findings: dict[str, int] = {}
-    for row in results.exclude(findings={}).values_list("findings", flat=True).iterator():
+    rows = results.exclude(findings={}).order_by("pk").values_list("findings", flat=True)
+    seen = 0
+    for row in rows[:limit].iterator() if limit else rows.iterator():
+        seen += 1
         for name, n in (row or {}).items():
             findings[name] = findings.get(name, 0) + int(n)
     return {
-        "by_status": {s: by_status.get(s, 0) for s in Status.values},
         "by_kind": dict(sorted(by_kind.items())),
         "findings": dict(sorted(findings.items(), key=lambda kv: (-kv[1], kv[0]))),
         "flagged": results.filter(flagged=True).count(),
+        "partial": bool(limit and seen >= limit),
+    }
+
+
+def run_summary(run: DeidRun) -> dict[str, Any]:
+    """Counts by status and kind, findings by type and flagged count (ids and counts only):
+    the totals stored when the run stopped, or live ones while it is active."""
+    results = DeidFileResult.objects.filter(run=run)
+    if run.summary and not run.is_active:
+        totals = dict(run.summary)
+    else:
+        totals = _totals(results, limit=LIVE_FINDINGS_ROWS)
+    return {
+        **totals,
+        "by_status": {
+            Status.OK: run.files_ok,
+            Status.QUARANTINED: run.files_quarantined,
+            Status.ERROR: run.files_error,
+        },
         "balanced": run.files_done == run.files_ok + run.files_quarantined + run.files_error,
     }

@@ -365,3 +365,13 @@ def test_outputs_are_not_reused_across_different_ocr_engines(mixed, no_ocr_profi
     assert second.ocr_mode == "custom"
     assert not any("reused_from_run" in r.actions for r in second.results.all())
     assert second.files_ok == first.files_ok
+
+
+def test_the_summary_is_totalled_when_the_run_stops(mixed, no_ocr_profile):
+    run, _ = run_batch(mixed.batch, no_ocr_profile)
+    stored = run.summary
+    assert stored["by_kind"]["dicom"] == 2 and stored["flagged"] >= 1
+    assert stored["findings"] and not stored["partial"]
+    summary = services.run_summary(run)
+    assert summary["by_status"] == {"ok": 3, "quarantined": 4, "error": 0}
+    assert summary["findings"] == stored["findings"] and summary["balanced"]
