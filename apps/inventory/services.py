@@ -522,7 +522,10 @@ def scan_source(batch_id: int, *, progress: ProgressCallback | None = None) -> I
         )
     try:
         cancelled = _scan_files(batch, source, progress)
-        if not cancelled:
+        if cancelled:
+            # The files registered before the cancel count; QA waits for a full scan.
+            _refresh_source_totals(source)
+        else:
             run_qa(batch.pk)
     except Exception as exc:
         message = str(exc) if isinstance(exc, ScanError) else f"scan failed ({type(exc).__name__})"
@@ -606,22 +609,27 @@ def _scan_files(batch: IngestBatch, source: DataSource, progress: ProgressCallba
     return False
 
 
-def _finish(batch: IngestBatch, source: DataSource) -> None:
+def _refresh_source_totals(source: DataSource) -> None:
+    """Files and bytes of the source: the latest registered version of each path."""
     latest = RawFile.objects.filter(source=source).values("relpath").annotate(last=Max("id"))
     totals = RawFile.objects.filter(id__in=latest.values("last")).aggregate(
         count=Count("id"), size=Sum("size")
     )
+    DataSource.objects.filter(pk=source.pk).update(
+        scanned_count=totals["count"] or 0,
+        scanned_bytes=totals["size"] or 0,
+        last_scanned_at=timezone.now(),
+    )
+
+
+def _finish(batch: IngestBatch, source: DataSource) -> None:
     with transaction.atomic():
         done = IngestBatch.objects.filter(pk=batch.pk, status=IngestBatch.Status.RUNNING).update(
             status=IngestBatch.Status.DONE, finished_at=timezone.now()
         )
         if not done:
             return
-        DataSource.objects.filter(pk=source.pk).update(
-            scanned_count=totals["count"] or 0,
-            scanned_bytes=totals["size"] or 0,
-            last_scanned_at=timezone.now(),
-        )
+        _refresh_source_totals(source)
         batch.refresh_from_db()
         record(
             "inventory.scan_finished",

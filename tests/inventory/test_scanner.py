@@ -144,6 +144,8 @@ def test_a_cancelled_scan_stops_before_its_next_file(source):
     assert result.status == IngestBatch.Status.CANCELLED
     assert result.files.count() == 1
     assert not result.files.first().qa_results.exists()  # QA does not run on a cancelled scan
+    source.refresh_from_db()
+    assert source.scanned_count == 1
 
 
 def test_a_claimed_batch_is_not_scanned_twice(source):
