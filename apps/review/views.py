@@ -7,6 +7,7 @@ what they judged themselves.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -66,7 +67,7 @@ def _post_only(request: HttpRequest) -> HttpResponse | None:
 def batch_list(request: HttpRequest) -> HttpResponse:
     """Every batch with its progress bar; clinicians start reviewing from here."""
     batches = ReviewBatch.objects.select_related("run").annotate(
-        done=Count("items", filter=Q(items__status=ReviewItem.Status.DONE)),
+        done=Count("items", filter=Q(items__status=ReviewItem.Status.DONE), distinct=True),
         fails=Count("findings", filter=Q(findings__status=Finding.Status.OPEN), distinct=True),
     )
     rows = [
@@ -287,9 +288,17 @@ def item_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @roles(CLINICIAN)
 def verdict(request: HttpRequest, pk: int) -> HttpResponse:
     """Record pass/fail and go straight to the next item."""
-    item = _item(request, pk)
     if (refused := _post_only(request)) is not None:
+        get_object_or_404(ReviewItem, pk=pk)
         return refused
+    try:
+        item = services.visible_items(request.user).get(pk=pk)
+    except ReviewItem.DoesNotExist:
+        # Called away, the lease expired and someone else took the item: say so and go on
+        # with the queue rather than a bare 404 (no content of that item is shown).
+        batch_id = get_object_or_404(ReviewItem, pk=pk).batch_id
+        messages.error(request, _("This item is no longer leased to you; here is your next one."))
+        return HttpResponseRedirect(reverse("review:work", args=[batch_id]))
     form = VerdictForm(request.POST)
     if not form.is_valid():
         for errors in form.errors.values():
@@ -318,9 +327,10 @@ def _int(value: str | None, default: int) -> int:
 
 def _float(value: str | None) -> float | None:
     try:
-        return float(value) if value not in (None, "") else None
+        number = float(value) if value not in (None, "") else None
     except ValueError:
         return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 def _png(path: Any, request: HttpRequest) -> HttpResponse:

@@ -87,6 +87,11 @@ def test_a_batch_below_the_bound_cannot_be_released_through_the_command(low_batc
     assert DeidRun.objects.get(pk=low_batch.run_id).released_at is None
 
 
+def test_the_command_refuses_a_user_who_may_not_release(low_batch, clinicians):
+    with pytest.raises(CommandError, match="may not release"):
+        call_command("review_release", str(low_batch.run_id), "--user", clinicians(1)[0].username)
+
+
 def test_a_refused_release_is_audited(low_batch, steward):
     with pytest.raises(services.GateClosed):
         services.release_run(low_batch.run, acting_user=steward)

@@ -87,6 +87,7 @@ def test_the_image_is_a_windowed_png_of_the_requested_frame(batch, cast, client_
     )
     assert bone.load()[32, 32] == 0  # soft tissue is black in a narrow bone window
     assert client.get(f"/review/items/{item.pk}/image.png?frame=9").status_code == 422
+    assert client.get(f"/review/items/{item.pk}/image.png?c=nan&w=inf").status_code == 200
 
 
 def test_a_multi_frame_image_offers_a_frame_slider(root, steward, cast, client_as):
@@ -143,7 +144,9 @@ def test_a_clinician_cannot_open_an_item_that_is_not_theirs(batch, clinicians, c
     client = client_as("clinician_reviewer")
     assert client.get(f"/review/items/{item.pk}/").status_code == 404
     assert client.get(f"/review/items/{item.pk}/image.png").status_code == 404
-    assert client.post(f"/review/items/{item.pk}/verdict/", {"decision": "pass"}).status_code == 404
+    taken = client.post(f"/review/items/{item.pk}/verdict/", {"decision": "pass"})
+    assert taken.status_code == 302 and taken["Location"] == f"/review/batches/{batch.pk}/work/"
+    assert not Verdict.objects.filter(item=item).exists()
 
 
 def test_unknown_ids_are_404_for_every_page(client_as):
@@ -290,3 +293,15 @@ def test_the_api_draws_batches_for_stewards_only(mixed_run, client_as):
         "/api/review/batches/", body, content_type="application/json"
     )
     assert dup.status_code == 400
+
+
+def test_the_batch_list_counts_progress_and_open_findings(batch, cast, client_as):
+    f.review_everything(
+        batch,
+        [cast["clinician_reviewer"]],
+        decide=lambda item, r: ("pass", "") if item.result.kind == "edf" else ("fail", "other"),
+    )
+    html = client_as("clinician_reviewer").get("/review/").content.decode()
+    row = html[html.index(f'data-batch="{batch.pk}"') :]
+    assert 'aria-valuenow="100"' in row[:600] and "3 / 3" in row[:600]
+    assert "<td>2</td>" in row[:800]
