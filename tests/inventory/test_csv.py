@@ -270,3 +270,25 @@ def test_an_import_updates_existing_rows_and_audits_each_change():
         csv_bytes("CT,DICOM,2,10,Radiology,obtained,", "MR,DICOM,3,5,Radiology,pending,")
     )
     assert again.unchanged == 2 and not again.created and not again.updated
+
+
+def test_the_command_exports_and_imports(tmp_path):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    services.create_source(
+        {"source": "CT", "type": "DICOM", "owner": "Radiology"}, acting_user=None
+    )
+    path = tmp_path / "data_inventory.csv"
+    call_command("inventory_csv", "export", str(path))
+    assert path.read_bytes() == services.export_inventory_csv()
+    DataSource.objects.all().delete()
+    out = StringIO()
+    call_command("inventory_csv", "import", str(path), stdout=out)
+    assert out.getvalue().strip() == "imported: 1 added, 0 updated, 0 unchanged"
+    path.write_bytes(csv_bytes("MR,XRAY,1,1,Radiology,obtained,"))
+    err = StringIO()
+    with pytest.raises(CommandError, match="refused: 1 problem"):
+        call_command("inventory_csv", "import", str(path), stderr=err)
+    assert err.getvalue().startswith("line 2, column type: 'XRAY' is not one of")
