@@ -74,7 +74,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     decay, no_decay = [], []
     for _, param in sorted(model.named_parameters(), key=lambda kv: kv[0]):
         if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
+            # ZeRO-3 partitioned parameters are empty locally; ds_shape is the real shape.
+            ndim = len(getattr(param, "ds_shape", param.shape))
+            (decay if ndim >= 2 else no_decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -367,7 +369,10 @@ class DeepSpeedEngine(Engine):
         from trainer.ds_config import build_ds_config
 
         self.ds_config = build_ds_config(cfg, dims, hidden_size=cfg.model.d_model)
-        model = build_model(cfg.model, device, seed=cfg.seed)
+        if cfg.parallel.zero_stage == 3:
+            model = self._build_partitioned(cfg, device)
+        else:
+            model = build_model(cfg.model, device, seed=cfg.seed)
         o = cfg.optim
         optimizer = None
         if not cfg.parallel.offload_optimizer:
@@ -386,6 +391,25 @@ class DeepSpeedEngine(Engine):
             config=self.ds_config,
         )
         self._micro = 0
+
+    def _build_partitioned(self, cfg: TrainConfig, device: torch.device) -> nn.Module:
+        """ZeRO-3: partition each parameter as it is created, so no rank ever holds the whole
+        model (a 70B model does not fit one GPU), then initialise one parameter at a time."""
+        import deepspeed
+
+        remote = "cpu" if cfg.parallel.offload_params else None
+        with deepspeed.zero.Init(config_dict_or_path=self.ds_config, remote_device=remote):
+            model = MultimodalLM(cfg.model)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                # Gathers only this parameter (the largest is the embedding); rank 0 writes
+                # it and DeepSpeed re-partitions the new value on exit.
+                with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
+                    if self.rank == 0:
+                        value = model.init_value(name, param.shape, gen)
+                        param.copy_(value.to(device=param.device, dtype=param.dtype))
+        return model
 
     @property
     def loss_multiplier(self) -> float:

@@ -206,20 +206,26 @@ class MultimodalLM(nn.Module):
         self.norm = RMSNorm(d, cfg.norm_eps)
         self.head = None if cfg.tie_embeddings else nn.Linear(d, cfg.vocab_size, bias=False)
 
+    def init_value(self, name: str, shape: torch.Size, gen: torch.Generator) -> torch.Tensor:
+        """Initial float32 value of parameter ``name``; advances ``gen`` like init_weights."""
+        if name.endswith("norm.weight"):
+            return torch.ones(shape)
+        std = self.cfg.init_std
+        if name.endswith(("wo.weight", "w2.weight")):
+            # Residual projections scaled down so the stream's variance stays ~1.
+            std = std / math.sqrt(2 * max(1, self.cfg.n_layers))
+        return torch.randn(shape, generator=gen, dtype=torch.float32) * std
+
     def init_weights(self, seed: int) -> None:
-        """Deterministic initialisation (normal ``init_std``; norms at one) from ``seed``."""
+        """Deterministic initialisation (normal ``init_std``; norms at one) from ``seed``.
+
+        Values come from a CPU generator in parameter order, so every engine (and ZeRO-3's
+        partitioned construction, see trainer/engines.py) starts from identical weights.
+        """
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for name, param in self.named_parameters():
-                if name.endswith("norm.weight") or ".attn_norm." in name or ".ffn_norm." in name:
-                    param.fill_(1.0)
-                    continue
-                std = self.cfg.init_std
-                if name.endswith(("wo.weight", "w2.weight")):
-                    # Residual projections scaled down so the stream's variance stays ~1.
-                    std = std / math.sqrt(2 * max(1, self.cfg.n_layers))
-                values = torch.randn(param.shape, generator=gen, dtype=torch.float32) * std
-                param.copy_(values.to(param.dtype))
+                param.copy_(self.init_value(name, param.shape, gen).to(param.dtype))
 
     def _splice(
         self,
