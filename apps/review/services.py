@@ -168,6 +168,10 @@ def create_batch(
             run=run, status__in=[ReviewBatch.Status.OPEN, ReviewBatch.Status.RELEASED]
         ).exists():
             raise ReviewError(f"de-id run {run.pk} already has a live review batch")
+        if ReviewBatch.objects.filter(run=run, status=ReviewBatch.Status.SUPERSEDED).exists():
+            # A finding closed as "rerun" condemned this run's output; a fresh sample of the
+            # same output must not get a second chance to pass.
+            raise ReviewError(f"de-id run {run.pk} was superseded by a re-run")
         population = [
             (pk, stratum_of(kind, modality, source_id), is_flagged)
             for pk, kind, modality, source_id, is_flagged in DeidFileResult.objects.filter(

@@ -186,3 +186,12 @@ def test_a_superseded_batch_never_releases_its_run(root, steward, clinicians):
     )
     with pytest.raises(services.GateClosed, match="no open review batch"):
         services.release_run(batch.run, acting_user=steward)
+
+
+def test_a_superseded_run_cannot_be_sampled_again(root, steward, clinicians):
+    batch = small_reviewed_batch(root, steward, clinicians(1)[0], fail_one=True)
+    services.resolve_finding(
+        Finding.objects.get(batch=batch), acting_user=steward, resolution="rerun"
+    )
+    with pytest.raises(services.ReviewError, match="superseded"):
+        services.create_batch(batch.run, acting_user=steward, fraction=0.05)
