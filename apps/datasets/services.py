@@ -83,6 +83,12 @@ def datasets_root() -> Path:
     return Path(root)
 
 
+def pack_workers() -> int:
+    """Processes that read and convert files (``DATASETS_PACK_WORKERS``, default 1). The
+    output does not depend on it, so it is not part of the build settings."""
+    return max(1, int(getattr(settings, "DATASETS_PACK_WORKERS", 1) or 1))
+
+
 def _resource(obj: Any) -> str:
     return f"datasets.{obj._meta.model_name}:{obj.pk}"
 
@@ -401,13 +407,12 @@ def _write(
     step = max(1, total // _PROGRESS_STEPS)
     max_bytes = max(1, int(version.target_shard_mb * (1 << 20)))
     with ShardWriter(tmp, samples_per_shard=1 << 40, max_shard_bytes=max_bytes) as writer:
-        for done, plan in enumerate(planned, 1):
-            try:
-                samples, text_tokens = packing.build_sample(plan)
-            except packing.PackError as exc:
+        built = packing.build_samples(planned, workers=pack_workers())
+        for done, (plan, samples, text_tokens, reason) in enumerate(built, 1):
+            if reason:
                 # One unreadable file costs its sample, named in the log by ids only.
-                logger.warning("sample %s skipped: %s", plan.key, exc.reason)
-                skipped[exc.reason] = skipped.get(exc.reason, 0) + len(plan.files)
+                logger.warning("sample %s skipped: %s", plan.key, reason)
+                skipped[reason] = skipped.get(reason, 0) + len(plan.files)
                 continue
             for sample in samples:
                 writer.write(sample)

@@ -281,3 +281,17 @@ def test_an_unreadable_released_file_costs_its_sample_and_is_counted(world, fact
     assert version.status == "ready" and version.sample_count == 3
     assert version.skipped["dicom_unreadable"] == 1
     assert not DatasetMember.objects.filter(raw_file=raw).exists()
+
+
+def test_packing_in_worker_processes_gives_the_same_bytes(world, tmp_path, settings):
+    serial = services.build_version(
+        "par", [world.run], target_shard_mb=0.004, acting_user=None, root=tmp_path / "one"
+    )
+    settings.DATASETS_PACK_WORKERS = 2
+    parallel = services.build_version(
+        "par", [world.run], target_shard_mb=0.004, acting_user=None, root=tmp_path / "two"
+    )
+    assert parallel.status == "ready", parallel.error
+    assert parallel.manifest_sha256 == serial.manifest_sha256
+    for shard in Path(serial.root).glob("shard-*.tar"):
+        assert shard.read_bytes() == (Path(parallel.root) / shard.name).read_bytes()

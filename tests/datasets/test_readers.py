@@ -97,3 +97,10 @@ def test_sample_keys_are_stable_and_pseudonymous():
     key = packing.sample_key("study:abc")
     assert key == packing.sample_key("study:abc") != packing.sample_key("study:abd")
     assert "abc" not in key and len(key) == 25
+
+
+def test_rescaling_to_int16_units_is_exact_and_clips():
+    stored = np.array([0, 1024, 40000], dtype=np.uint16)
+    np.testing.assert_array_equal(packing.to_int16_units(stored, 1.0, -1024.0), [-1024, 0, 32767])
+    np.testing.assert_array_equal(packing.to_int16_units(stored, 0.5, 0.0), [0, 512, 20000])
+    assert packing.to_int16_units(stored, 1.0, -1024.0).dtype == np.int16
