@@ -642,6 +642,17 @@ def gate(batch: ReviewBatch) -> Gate:
             )
             % {"n": not_ok}
         )
+    ok_now = DeidFileResult.objects.filter(
+        run_id=batch.run_id, status=DeidFileResult.Status.OK
+    ).count()
+    if ok_now != batch.results_ok:
+        g.reasons.append(
+            _(
+                "The run's de-identified files changed since the sample was drawn "
+                "(%(then)d then, %(now)d now): draw a new sample."
+            )
+            % {"then": batch.results_ok, "now": ok_now}
+        )
     if unresolved:
         g.reasons.append(
             ngettext("%(n)d finding is unresolved.", "%(n)d findings are unresolved.", unresolved)

@@ -195,3 +195,11 @@ def test_a_superseded_run_cannot_be_sampled_again(root, steward, clinicians):
     )
     with pytest.raises(services.ReviewError, match="superseded"):
         services.create_batch(batch.run, acting_user=steward, fraction=0.05)
+
+
+def test_files_added_to_the_run_after_sampling_close_the_gate(clean_batch, steward):
+    f.bulk_results(clean_batch.run, 1)
+    gate = services.gate(clean_batch)
+    assert any("changed since the sample was drawn" in r for r in gate.reasons)
+    with pytest.raises(services.GateClosed):
+        services.release_run(clean_batch.run, acting_user=steward)
