@@ -83,6 +83,12 @@ def test_a_clinician_reviews_a_batch_with_the_keyboard_only(
     expect(page.locator("[data-testid=gate-reasons]")).to_contain_text("1 finding is unresolved")
     page.screenshot(path=artifacts / "gate.png", full_page=True)
 
+    # The dashboard charts the failure by category.
+    page.goto(f"{base}/review/batches/{batch.pk}/")
+    expect(page.locator("[data-testid=failure-chart][data-drawn='1']")).to_have_count(1)
+    expect(page.locator("[data-testid=reviewers]")).to_contain_text(clinician.username)
+    page.screenshot(path=artifacts / "dashboard.png", full_page=True)
+
     # "k" walks back to the reviewer's own last verdict, read-only.
     page.goto(
         f"{base}/review/items/{Verdict.objects.filter(reviewer=clinician).latest('created').item_id}/"
