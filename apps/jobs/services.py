@@ -926,3 +926,16 @@ def run_checkpoints(run: TrainingRun) -> list[ckpt.CheckpointInfo]:
 def run_metrics(run: TrainingRun) -> dict[str, Any] | None:
     """The trainer's latest metrics record (its JSONL log next to the checkpoints)."""
     return ckpt.latest_metrics(f"{run_dir(run.name, run.pk)}/checkpoints")
+
+
+def run_timeline(run: TrainingRun, attempts: Iterable[Attempt] | None = None) -> list[Any]:
+    """The run's audit events (its own and its attempts'), oldest first: the states timeline."""
+    from apps.audit.models import AuditEvent
+
+    attempts = list(attempts if attempts is not None else run.attempts.all())
+    resources = [_run_res(run)] + [_attempt_res(a) for a in attempts]
+    return list(
+        AuditEvent.objects.filter(resource__in=resources)
+        .order_by("seq")
+        .only("seq", "timestamp", "user_id", "action", "resource", "details_json")[:500]
+    )

@@ -134,6 +134,7 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
             )
         ),
         "can_resume": not run.is_active,
+        "timeline": services.run_timeline(run, attempts),
     }
     return render_page(request, "jobs/run_detail.html", "jobs/partials/run_state.html", context)
 

@@ -56,6 +56,7 @@ def test_readers_see_the_list_the_detail_the_script_and_the_cluster(role, client
     page = client.get(f"/jobs/runs/{run.pk}/")
     assert page.status_code == 200
     assert b"tiny-run" in page.content and b"#SBATCH --signal=USR1@120" in page.content
+    assert b"jobs.run_launched" in page.content and b"jobs.attempt_submitted" in page.content
     attempt = run.attempts.get()
     script = client.get(f"/jobs/attempts/{attempt.pk}/script/")
     assert script.status_code == 200 and script.content.decode() == attempt.script
