@@ -500,8 +500,9 @@ def scan_source(batch_id: int, *, progress: ProgressCallback | None = None) -> I
     """Walk the batch's source, register new or changed files, then run data QA on them.
 
     Claims the batch with a conditional UPDATE (pending → running), so a retried or duplicate
-    task does nothing. Between files it bumps ``files_done`` with an UPDATE that only matches
-    a running batch: zero rows means the batch was cancelled, and the scan stops there.
+    task does nothing. Before each file it checks that the batch is still running (a cancel
+    flips the status), and after it bumps ``files_done`` with an UPDATE that only matches a
+    running batch, so progress never lands on a cancelled or failed batch.
     Idempotent: a file already registered for the source at the same path with the same
     SHA-256 is skipped.
     """
@@ -529,7 +530,8 @@ def scan_source(batch_id: int, *, progress: ProgressCallback | None = None) -> I
             run_qa(batch.pk)
     except Exception as exc:
         message = str(exc) if isinstance(exc, ScanError) else f"scan failed ({type(exc).__name__})"
-        logger.exception("scan of batch %s failed", batch.pk)
+        # Type only: exception text (OSError's filename, say) can carry a patient's name.
+        logger.error("scan of batch %s failed: %s", batch.pk, type(exc).__name__)
         with transaction.atomic():
             failed = IngestBatch.objects.filter(
                 pk=batch.pk, status=IngestBatch.Status.RUNNING
