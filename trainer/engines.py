@@ -289,7 +289,9 @@ class FSDP2Engine(Engine):
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         self.mesh = init_device_mesh(device.type, (dims.data,))
-        model = build_model(cfg.model, device, seed=cfg.seed)
+        # Build on the meta device and shard before allocating: no rank ever materialises the
+        # whole model (torchtitan's order), then allocate the local shards and initialise.
+        model = build_model(cfg.model, "meta")
         mp = MixedPrecisionPolicy()
         if cfg.parallel.precision == "bf16":
             mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
@@ -297,6 +299,8 @@ class FSDP2Engine(Engine):
             if isinstance(module, Block):
                 fully_shard(module, mesh=self.mesh, mp_policy=mp)
         fully_shard(model, mesh=self.mesh, mp_policy=mp)
+        model.to_empty(device=device)
+        self._init_sharded(model, cfg.seed)
         self.model = model
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(
@@ -306,6 +310,21 @@ class FSDP2Engine(Engine):
             eps=o.eps,
             foreach=False,
         )
+
+    @staticmethod
+    def _init_sharded(model: MultimodalLM, seed: int) -> None:
+        """Same values as ``init_weights`` (same generator stream), written shard by shard."""
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                value = model.init_value(name, param.shape, gen)  # full shape, on CPU
+                if isinstance(param, DTensor):
+                    value = distribute_tensor(
+                        value.to(param.device), param.device_mesh, param.placements
+                    )
+                param.copy_(value)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()  # FSDP2's MixedPrecisionPolicy casts instead
