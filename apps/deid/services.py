@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
 import os
 import re
 import shutil
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, MutableMapping
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
@@ -45,7 +48,7 @@ from django.utils.translation import gettext as _
 from apps.audit.services import record
 from apps.core.access import roles_of
 from apps.core.roles import PRIVACY
-from apps.deid import config
+from apps.deid import config, engine_procs
 from apps.deid.engine import (
     OK,
     QUARANTINED,
@@ -449,20 +452,30 @@ def process_run(
     limit: int | None = None,
     progress: ProgressCallback | None = None,
     ocr: Any = CONFIGURED_OCR,
+    workers: int = 1,
 ) -> RunOutcome:
     """Claim the run and de-identify every raw file of its batch that has no result yet.
 
     Never stops on a bad file (it gets a quarantine or error row); checks for a cancel
     request between files; with ``limit`` stops after that many files, clears the heartbeat
     so the next chunk can claim at once, and reports ``more``. ``progress`` is called with
-    each file's status. ``ocr`` overrides the configured OCR (tests pass None).
+    each file's status. ``ocr`` overrides the configured OCR (tests pass None). ``workers``
+    above 1 runs the engine in that many processes (CLI only; reads, writes and rows stay in
+    this process).
     """
     how = _claim(run_id)
     if how is None:
         status = DeidRun.objects.filter(pk=run_id).values_list("status", flat=True).first()
         return RunOutcome(run_id, claimed=False, status=status or "missing")
     try:
-        return _walk(run_id, limit=limit, progress=progress, ocr=ocr, took_over=how == "resumed")
+        return _walk(
+            run_id,
+            limit=limit,
+            progress=progress,
+            ocr=ocr,
+            workers=workers,
+            took_over=how == "resumed",
+        )
     except Exception as exc:
         _fail(run_id, type(exc).__name__)
         raise
@@ -493,6 +506,7 @@ def _walk(
     limit: int | None,
     progress: ProgressCallback | None,
     ocr: Any,
+    workers: int = 1,
     took_over: bool = False,
 ) -> RunOutcome:
     run = DeidRun.objects.select_related("batch__source").get(pk=run_id)
@@ -520,28 +534,122 @@ def _walk(
         .order_by("study_key", "relpath", "pk")
         .values_list("pk", flat=True)
     )
+    pool = _EnginePool(workers, profile, ocr) if workers > 1 and todo else None
+    pending: deque[tuple[Future[Any], RawFile, dict[str, Any], PatientContext | None]] = deque()
     processed = 0
-    for start in range(0, len(todo), _FETCH):
-        chunk = todo[start : start + _FETCH]
-        files = RawFile.objects.in_bulk(chunk)
-        for pk in chunk:
-            if limit is not None and processed >= limit:
-                DeidRun.objects.filter(pk=run_id, status=RunStatus.RUNNING).update(
-                    heartbeat_at=None
-                )
-                return RunOutcome(run_id, True, RunStatus.RUNNING, processed, more=True)
-            if DeidRun.objects.filter(pk=run_id, cancel_requested=True).exists():
-                _finish(run_id, RunStatus.CANCELLED)
-                return RunOutcome(run_id, True, RunStatus.CANCELLED, processed)
-            raw = files.get(pk)
-            if raw is None:  # removed from the inventory since the list was taken
-                continue
-            status = worker.process(raw)
+
+    def settle(keep: int) -> None:
+        # Store finished engine jobs in submission order until at most ``keep`` are in flight.
+        nonlocal processed
+        while len(pending) > keep:
+            future, raw, row, ctx = pending.popleft()
+            result = pool.collect(future, raw) if pool else None
+            status = worker.complete(raw, row, result, ctx) if result else None
             processed += 1
             if progress is not None and status:
                 progress(status)
+
+    try:
+        submitted = 0
+        for start in range(0, len(todo), _FETCH):
+            chunk = todo[start : start + _FETCH]
+            files = RawFile.objects.in_bulk(chunk)
+            for pk in chunk:
+                if limit is not None and submitted >= limit:
+                    settle(0)
+                    DeidRun.objects.filter(pk=run_id, status=RunStatus.RUNNING).update(
+                        heartbeat_at=None
+                    )
+                    return RunOutcome(run_id, True, RunStatus.RUNNING, processed, more=True)
+                if DeidRun.objects.filter(pk=run_id, cancel_requested=True).exists():
+                    settle(0)
+                    _finish(run_id, RunStatus.CANCELLED)
+                    return RunOutcome(run_id, True, RunStatus.CANCELLED, processed)
+                raw = files.get(pk)
+                if raw is None:  # removed from the inventory since the list was taken
+                    continue
+                submitted += 1
+                if pool is None:
+                    status = worker.process(raw)
+                    processed += 1
+                    if progress is not None and status:
+                        progress(status)
+                    continue
+                row, data, ctx = worker.prepare(raw)
+                if data is None:
+                    settle(0)  # keep rows in order and counters exact
+                    status = worker._store(raw, row)
+                    processed += 1
+                    if progress is not None and status:
+                        progress(status)
+                    continue
+                pending.append((pool.submit(data, raw, ctx), raw, row, ctx))
+                settle(2 * workers)
+        settle(0)
+    finally:
+        if pool is not None:
+            pool.close()
     status = _finish(run_id, RunStatus.DONE)
     return RunOutcome(run_id, True, status, processed)
+
+
+# --- engine processes (deid_run --workers N) ------------------------------------------------------
+
+
+class _EnginePool:
+    """The pure engine in ``workers`` spawned processes; the parent reads, writes and stores.
+
+    Spawned (not forked) so no database connection or lock is inherited. Celery's prefork
+    workers cannot have children, so only the CLI uses this.
+    """
+
+    def __init__(self, workers: int, profile: DeidProfile, ocr: Any) -> None:
+        if ocr not in ("auto", None):
+            raise DeidServiceError(_("engine processes need OCR 'auto' or off"))
+        self.workers = workers
+        self.args = (config.project_key().secret, config.vault_key(), profile.to_dict(), ocr)
+        self.vault = DatabaseVaultStore()
+        self.executor = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=engine_procs.init,
+            initargs=self.args,
+        )
+
+    def submit(self, data: bytes, raw: RawFile, ctx: PatientContext | None) -> Future[Any]:
+        try:
+            return self.executor.submit(
+                engine_procs.process, data, PurePosixPath(raw.relpath).name, ctx
+            )
+        except BrokenProcessPool:
+            self.executor = self._start()
+            return self.executor.submit(
+                engine_procs.process, data, PurePosixPath(raw.relpath).name, ctx
+            )
+
+    def collect(self, future: Future[Any], raw: RawFile) -> FileResult:
+        """The child's result, its vault records persisted; a crashed child (killed, out of
+        memory) gives an error result for this file and a fresh pool for the rest."""
+        try:
+            result, records = future.result()
+        except BrokenProcessPool:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.executor = self._start()
+            return FileResult(kind=raw.kind, status="error", reason="engine_process_died")
+        except Exception as exc:  # unpicklable result, or similar: this file only
+            return FileResult(
+                kind=raw.kind, status="error", reason=f"engine_process_error: {type(exc).__name__}"
+            )
+        for slot, blob in records.items():
+            if slot not in self.vault:
+                self.vault[slot] = blob
+        return result
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _remove_stale_temp_files(root: Path) -> None:
@@ -778,6 +886,15 @@ class _Worker:
     def process(self, raw: RawFile) -> str | None:
         """Produce and store the one result row of ``raw``; returns its status (None when
         another worker stored it first)."""
+        row, data, ctx = self.prepare(raw)
+        if data is None:
+            return self._store(raw, row)
+        result = self.engine.process(data, name=PurePosixPath(raw.relpath).name, context=ctx)
+        return self.complete(raw, row, result, ctx)
+
+    def prepare(self, raw: RawFile) -> tuple[dict[str, Any], bytes | None, PatientContext | None]:
+        """Everything before the engine: a finished row (no bytes) when the file is excluded,
+        reused, unreadable or changed; otherwise its bytes and the study's patient context."""
         row: dict[str, Any] = {
             "kind": raw.kind,
             "modality": (raw.modality or "")[:16],
@@ -788,14 +905,14 @@ class _Worker:
         if raw.excluded:
             # Excluded by data QA: recorded (nothing vanishes from the count), never released.
             row.update(status=Status.QUARANTINED, reason="excluded_by_data_qa")
-            return self._store(raw, row)
+            return row, None, None
         reused = self._reuse(raw, row)
         if reused is not None:
-            return self._store(raw, reused)
+            return reused, None, None
         data, status, reason = read_raw(self.raw_root, raw.relpath)
         if data is None:
             row.update(status=status, reason=reason)
-            return self._store(raw, row)
+            return row, None, None
         actual = hashlib.sha256(data).hexdigest()
         row["input_sha256"] = actual
         if actual != raw.sha256:
@@ -803,9 +920,17 @@ class _Worker:
                 status=Status.QUARANTINED,
                 reason="raw_file_changed: content differs from the scanned sha256; rescan",
             )
-            return self._store(raw, row)
-        ctx = self.context_for(raw)
-        result = self.engine.process(data, name=PurePosixPath(raw.relpath).name, context=ctx)
+            return row, None, None
+        return row, data, self.context_for(raw)
+
+    def complete(
+        self,
+        raw: RawFile,
+        row: dict[str, Any],
+        result: FileResult,
+        ctx: PatientContext | None,
+    ) -> str | None:
+        """Everything after the engine: write and verify outputs, store the row."""
         row.update(
             status=result.status,
             reason=(result.reason or "")[:300],

@@ -119,3 +119,32 @@ def test_ctrl_c_cancels_between_files_and_resume_finishes(mixed, no_ocr_profile,
     call_command("deid_run", "--resume", str(run.pk), "--no-ocr", "--no-progress", stdout=out)
     run.refresh_from_db()
     assert run.status == "done" and run.results.count() == 7 == run.files_done
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_engine_processes_give_the_same_results_as_one(mixed, no_ocr_profile, tmp_path):
+    from apps.deid.models import VaultRecord
+
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps(no_ocr_profile.to_dict()), encoding="utf-8")
+    common = ("--profile", str(profile), "--no-ocr", "--no-progress")
+    call_command("deid_run", str(mixed.batch.pk), *common, "--workers", "2", stdout=StringIO())
+    parallel = DeidRun.objects.get()
+    assert parallel.status == "done" and parallel.files_done == 7 == parallel.results.count()
+    assert (parallel.files_ok, parallel.files_quarantined, parallel.files_error) == (3, 4, 0)
+    assert VaultRecord.objects.exists()  # the children's vault writes were persisted
+    # The same batch in one process (no reuse: a different OCR engine is not involved, so
+    # compare with a fresh run that cannot reuse by clearing the first run's key fingerprint).
+    DeidRun.objects.filter(pk=parallel.pk).update(key_fingerprint="")
+    call_command("deid_run", str(mixed.batch.pk), *common, stdout=StringIO())
+    serial = DeidRun.objects.exclude(pk=parallel.pk).get()
+
+    def view(run):
+        return {
+            r.raw_file_id: (r.status, r.reason, r.output_relpath, r.output_sha256, r.findings)
+            for r in run.results.all()
+        }
+
+    assert view(parallel) == view(serial)
+    assert not any("reused_from_run" in r.actions for r in serial.results.all())

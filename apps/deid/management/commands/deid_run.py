@@ -30,6 +30,12 @@ class Command(BaseCommand):
         parser.add_argument("--user", help="username recorded as the actor (default: system)")
         parser.add_argument("--no-ocr", action="store_true", help="switch burned-in text OCR off")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=1,
+            help="engine processes (default 1; e.g. the number of cores)",
+        )
 
     def handle(self, *args: Any, **opts: Any) -> None:
         user = None
@@ -55,7 +61,9 @@ class Command(BaseCommand):
 
             ocr = None if opts["no_ocr"] else services.CONFIGURED_OCR
             try:
-                outcome = services.process_run(run.pk, progress=tick, ocr=ocr)
+                outcome = services.process_run(
+                    run.pk, progress=tick, ocr=ocr, workers=max(1, opts["workers"])
+                )
             except KeyboardInterrupt:
                 # process_run released the run, so the cancel is immediate; the files done so
                 # far keep their rows and `--resume RUN_ID` continues from there.
