@@ -428,3 +428,58 @@ def test_the_reconcile_command_runs_one_pass(fake, launched):
     call_command("jobs_reconcile", stdout=out)
     assert "changed 1" in out.getvalue()
     assert attempt_of(launched).state == AttemptState.RUNNING
+
+
+def test_a_worker_killed_mid_reconcile_converges_on_the_next_pass(
+    fake, run_tasks, make_spec, operator, monkeypatch
+):
+    runs = [services.launch_run(make_spec(name=f"r{n}"), acting_user=operator) for n in range(3)]
+    run_tasks()
+    for job_id in ("100", "101", "102"):
+        fake.set(job_id, "RUNNING")
+    real_apply = services.apply_job_state
+    calls = []
+
+    def die_on_the_second(attempt, job):
+        calls.append(job.job_id)
+        if len(calls) == 2:
+            raise SystemExit("worker killed")
+        return real_apply(attempt, job)
+
+    monkeypatch.setattr(services, "apply_job_state", die_on_the_second)
+    with pytest.raises(SystemExit):
+        services.reconcile()
+    monkeypatch.setattr(services, "apply_job_state", real_apply)
+    services.reconcile()
+    for run in runs:
+        run.refresh_from_db()
+        assert run.state == RunState.RUNNING
+    assert AuditEvent.objects.filter(action="jobs.attempt_state_changed").count() == 3
+
+
+def test_the_submit_task_retries_through_an_outage_and_submits_once(
+    fake, make_spec, operator, monkeypatch
+):
+    from apps.jobs import tasks
+
+    sent = []
+    monkeypatch.setattr(tasks.submit_attempt, "delay", lambda *a: sent.append(a))
+    from django.db import transaction
+
+    monkeypatch.setattr(transaction, "on_commit", lambda fn, using=None, robust=False: fn())
+    run = services.launch_run(make_spec(), acting_user=operator)
+    fake.down = True
+    real_find = fake.find_by_comment
+
+    def back_after_two_tries(token):
+        if len(tries) == 2:
+            fake.down = False
+        tries.append(token)
+        return real_find(token)
+
+    tries: list[str] = []
+    monkeypatch.setattr(fake, "find_by_comment", back_after_two_tries)
+    result = tasks.submit_attempt.apply(args=[attempt_of(run).pk])
+    assert result.get() == "100"
+    assert fake.submits == 1 and len(tries) == 3
+    assert attempt_of(run).submit_tries == 3
