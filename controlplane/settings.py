@@ -268,3 +268,12 @@ MFA_VERIFY_URL = "/accounts/mfa/"
 # Lockout is per account on purpose (shared hospital NAT would lock a whole ward by IP);
 # axes.W006 warns about IP-less lockout, which is the point here.
 SILENCED_SYSTEM_CHECKS = ["axes.W006"]
+
+# --- inventory ------------------------------------------------------------------------------
+# Keys the study/series hashes that group raw files into samples. Separate from SECRET_KEY so
+# rotating sessions never changes every grouping key.
+INVENTORY_UID_KEY = env_secret(
+    "INVENTORY_UID_KEY", required=not _DEV, generate_into=VAR_DIR / "inventory_uid_key"
+)
+# Folders a data source's raw root must sit under (empty: any absolute path).
+INVENTORY_ALLOWED_ROOTS = env_list("INVENTORY_ALLOWED_ROOTS", [])
