@@ -28,6 +28,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import traceback
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, MutableMapping
@@ -477,6 +478,12 @@ def process_run(
             took_over=how == "resumed",
         )
     except Exception as exc:
+        # Where, not the message: a database or library message can quote a value.
+        frames = " <- ".join(
+            f"{f.filename}:{f.lineno} in {f.name}"
+            for f in reversed(traceback.extract_tb(exc.__traceback__))
+        )
+        logger.error("deid run %s failed: %s at %s", run_id, type(exc).__name__, frames)
         _fail(run_id, type(exc).__name__)
         raise
     except KeyboardInterrupt:
@@ -486,7 +493,6 @@ def process_run(
 
 
 def _fail(run_id: int, error: str) -> None:
-    logger.exception("deid run %s failed: %s", run_id, error)
     now = timezone.now()
     with transaction.atomic():
         if DeidRun.objects.filter(pk=run_id, status=RunStatus.RUNNING).update(

@@ -375,3 +375,21 @@ def test_the_summary_is_totalled_when_the_run_stops(mixed, no_ocr_profile):
     summary = services.run_summary(run)
     assert summary["by_status"] == {"ok": 3, "quarantined": 4, "error": 0}
     assert summary["findings"] == stored["findings"] and summary["balanced"]
+
+
+def test_an_unexpected_failure_marks_the_run_failed_without_quoting_values(
+    mixed, no_ocr_profile, monkeypatch, caplog
+):
+    def broken(self, raw):
+        raise ValueError("bad value ZY20240305")  # a message that quotes raw data
+
+    monkeypatch.setattr(services._Worker, "process", broken)
+    run = services.start_run(mixed.batch, profile=no_ocr_profile, acting_user=None, enqueue=False)
+    with pytest.raises(ValueError):
+        services.process_run(run.pk, ocr=None)
+    run.refresh_from_db()
+    assert run.status == "failed" and run.error == "ValueError"
+    assert "ZY20240305" not in caplog.text and "deid run" in caplog.text
+    assert AuditEvent.objects.filter(action="deid.run_failed").exists()
+    services.resume_run(run, acting_user=None, enqueue=False)
+    assert DeidRun.objects.get(pk=run.pk).status == "pending"
