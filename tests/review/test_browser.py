@@ -103,3 +103,46 @@ def test_a_clinician_reviews_a_batch_with_the_keyboard_only(
     failed = verdicts.get(decision="fail")
     assert (failed.category, failed.item.result.kind) == ("phone", "text")
     assert not services.gate(batch).releasable
+
+
+def test_dragging_sets_the_window_and_shift_drag_marks_a_region(
+    root, cast, live_server, page: Page
+):
+    from tests.review import factories as f
+
+    run = f.make_run(root, status="running")
+    f.add_result(run, kind="dicom", modality="CT", content=f.dicom_bytes(rows=128, cols=128))
+    f.finish(run)
+    batch = services.create_batch(
+        run, acting_user=cast["data_steward"], fraction=0.05, min_per_stratum=1
+    )
+    sign_in(page, live_server.url, cast["clinician_reviewer"])
+    page.goto(f"{live_server.url}/review/batches/{batch.pk}/work/")
+    img = page.locator("[data-testid=dicom-img]")
+    page.wait_for_function("() => document.getElementById('dicom-img').naturalWidth > 0")
+    box = img.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 50, y + 20, steps=5)
+    page.mouse.up()
+    expect(page.locator("#wl-readout")).to_have_text("C 80 / W 600")  # 40+20*2, 400+50*4
+    expect(img).to_have_attribute(
+        "src", f"/review/items/{batch.items.get().pk}/image.png?frame=0&c=80&w=600"
+    )
+
+    page.keyboard.down("Shift")
+    page.mouse.move(box["x"] + 1, box["y"] + 1)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 4, box["y"] + box["height"] / 8, steps=4)
+    page.mouse.up()
+    page.keyboard.up("Shift")
+    region = page.locator("#region").input_value()
+    assert region.startswith('{"frame":0,"x0":0,"y0":0,"x1":32,"y1":16')
+    page.keyboard.press("f")
+    with page.expect_navigation():
+        page.keyboard.press("7")  # burned-in text
+    verdict = Verdict.objects.get(item__batch=batch)
+    assert verdict.category == "burned_in_text"
+    assert verdict.region == {"frame": 0, "x0": 0, "y0": 0, "x1": 32, "y1": 16}
