@@ -16,6 +16,10 @@ from apps.deid import services
 CHUNK_FILES = 500
 
 
+class RunFailed(Exception):
+    """A run stopped on an unexpected error (the message holds the run id and class only)."""
+
+
 @shared_task(
     name="apps.deid.tasks.process_run",
     acks_late=True,
@@ -27,7 +31,12 @@ CHUNK_FILES = 500
 def process_run(run_id: int) -> dict[str, object]:
     """Process the next chunk of run ``run_id``; re-enqueue while files remain."""
     with bound_context():
-        outcome = services.process_run(run_id, limit=CHUNK_FILES)
+        try:
+            outcome = services.process_run(run_id, limit=CHUNK_FILES)
+        except Exception as exc:
+            # The run is already marked failed and the site logged where; Celery would log
+            # and store the exception's message, which may quote a value. Raise a bare one.
+            raise RunFailed(f"deid run {run_id} failed: {type(exc).__name__}") from None
     if outcome.more:
         process_run.delay(run_id)
     elif not outcome.claimed and outcome.status == "running":

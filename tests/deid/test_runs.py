@@ -393,3 +393,18 @@ def test_an_unexpected_failure_marks_the_run_failed_without_quoting_values(
     assert AuditEvent.objects.filter(action="deid.run_failed").exists()
     services.resume_run(run, acting_user=None, enqueue=False)
     assert DeidRun.objects.get(pk=run.pk).status == "pending"
+
+
+def test_the_task_reraises_failures_without_their_message(mixed, no_ocr_profile, monkeypatch):
+    from apps.deid import tasks
+
+    def broken(self, raw):
+        raise ValueError("bad value ZY20240305")
+
+    monkeypatch.setattr(services._Worker, "process", broken)
+    monkeypatch.setenv("DEID_OCR", "off")
+    run = services.start_run(mixed.batch, profile=no_ocr_profile, acting_user=None, enqueue=False)
+    with pytest.raises(tasks.RunFailed) as exc:
+        tasks.process_run.run(run.pk)
+    assert "ZY20240305" not in str(exc.value) and exc.value.__cause__ is None
+    assert exc.value.__suppress_context__
