@@ -38,6 +38,8 @@ class RunConsumer(RoleConsumer):
         if run is None:
             self.close(code=4404)
             return
+        self.run_id = run_id
+        services.touch_watch(run_id)
         self.group = services.run_group(run_id)
         async_to_sync(self.channel_layer.group_add)(self.group, self.channel_name)
         attempt = services.current_attempt(run)
@@ -51,6 +53,17 @@ class RunConsumer(RoleConsumer):
         group = getattr(self, "group", None)
         if group:
             async_to_sync(self.channel_layer.group_discard)(group, self.channel_name)
+
+    def receive_json(self, content: Any, **kwargs: Any) -> None:
+        """The page pings every 30 s while it is open: keep the run marked as watched."""
+        if (
+            isinstance(content, dict)
+            and content.get("type") == "ping"
+            and getattr(self, "run_id", None)
+        ):
+            from apps.jobs import services
+
+            services.touch_watch(self.run_id)
 
     def run_state(self, event: dict[str, Any]) -> None:
         self.send_json({k: v for k, v in event.items()})

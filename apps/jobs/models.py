@@ -178,6 +178,9 @@ class TrainingRun(models.Model):
     state = models.CharField(
         max_length=16, choices=RunState.choices, default=RunState.SUBMITTING, db_index=True
     )
+    # Someone has the run page open (its WebSocket pings): the reconciler pushes log tails
+    # only for watched runs, so 1,000 running jobs do not mean 1,000 file reads per pass.
+    watched_until = models.DateTimeField(null=True, blank=True)
     # The memory estimate and warnings the operator saw at launch (GiB per GPU, list of text).
     plan = models.JSONField(default=dict, blank=True)
     created_by = models.ForeignKey(

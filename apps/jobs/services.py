@@ -56,6 +56,7 @@ from apps.jobs.schedulers import (
     get_scheduler,
     submit_once,
 )
+from apps.jobs.schedulers.base import read_tail
 from apps.jobs.validation import RunPlan, RunSpec, plan_run
 
 if TYPE_CHECKING:
@@ -677,6 +678,11 @@ def refresh_attempts(
     if not attempts:
         return result
     states = scheduler.status([a.job_id for a in attempts])
+    watched = set(
+        TrainingRun.objects.filter(
+            pk__in={a.run_id for a in attempts}, watched_until__gt=now
+        ).values_list("pk", flat=True)
+    )
     for attempt in attempts:
         job = states.get(attempt.job_id)
         if job is None:
@@ -687,8 +693,8 @@ def refresh_attempts(
             continue
         if apply_job_state(attempt, job):
             result.changed += 1
-        elif attempt.state == AttemptState.RUNNING:
-            _push_log_tail(attempt, scheduler)
+        elif attempt.state == AttemptState.RUNNING and attempt.run_id in watched:
+            _push_log_tail(attempt, job)
     return result
 
 
@@ -736,6 +742,10 @@ def apply_job_state(attempt: Attempt, job: JobState) -> bool:
         fields["exit_code"] = job.exit_code
         fields["exit_signal"] = job.exit_signal
         fields["ended_at"] = job.end_time or timezone.now()
+    if new_state == attempt.state and all(
+        getattr(attempt, key) == value for key, value in fields.items() if key != "last_seen_at"
+    ):
+        return False  # nothing new: no write, so a quiet pass over 1,000 jobs stays cheap
     with transaction.atomic():
         if new_state == attempt.state:
             Attempt.objects.filter(pk=attempt.pk, state=attempt.state).update(**fields)
@@ -892,12 +902,25 @@ def _push_after_commit(run_id: int, message: dict[str, Any]) -> None:
     transaction.on_commit(lambda: _push(run_id, message))
 
 
-def _push_log_tail(attempt: Attempt, scheduler: Scheduler) -> None:
+def _push_log_tail(attempt: Attempt, job: JobState) -> None:
+    """Send the tail of the job's output file (the path the status call just reported) to
+    the run's watchers; no second scheduler call."""
+    if not job.output:
+        return
     try:
-        text = scheduler.logs(attempt.job_id, tail_bytes=16384)
+        text = read_tail(job.output, 16384)
     except SchedulerError:
         return
     _push(attempt.run_id, {"type": "log.tail", "attempt": attempt.number, "text": text})
+
+
+WATCH_TTL = timedelta(seconds=90)
+
+
+def touch_watch(run_id: int) -> None:
+    """Mark a run as watched for WATCH_TTL (its page's WebSocket pings every 30 s). A
+    presence signal, not a state change: not audited."""
+    TrainingRun.objects.filter(pk=run_id).update(watched_until=timezone.now() + WATCH_TTL)
 
 
 # --- reads ------------------------------------------------------------------------------------

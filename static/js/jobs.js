@@ -10,8 +10,11 @@
   let delay = 1000;
   const connect = () => {
     const socket = new WebSocket(scheme + window.location.host + root.dataset.runWs);
+    let pinger = null;
     socket.addEventListener("open", () => {
       delay = 1000;
+      // Tells the server someone watches, so the reconciler keeps pushing the log tail.
+      pinger = setInterval(() => socket.send(JSON.stringify({ type: "ping" })), 30000);
       if (status) status.textContent = status.dataset.live || "live";
     });
     socket.addEventListener("message", (event) => {
@@ -27,6 +30,7 @@
       }
     });
     socket.addEventListener("close", (event) => {
+      if (pinger) clearInterval(pinger);
       if (event.code === 4403 || event.code === 4404) return;
       setTimeout(connect, delay);
       delay = Math.min(delay * 2, 30000);
