@@ -682,8 +682,61 @@ def _reach(subject: str, members: QuerySet[DatasetMember], raw_ids: list[int]) -
         VersionReach(versions[pk], samples[pk], counts.get(pk, 0))
         for pk in sorted(samples, key=lambda pk: (versions[pk].name, versions[pk].number))
     ]
-    uses = list(DatasetUse.objects.filter(version_id__in=list(samples)).select_related("version"))
+    uses = uses_of(versions)
     return Reach(subject, raw_ids, reach, uses, members.select_related("version"))
+
+
+def uses_of(versions: dict[int, DatasetVersion]) -> list[DatasetUse]:
+    """Every consumer of these versions (by id): recorded ``DatasetUse`` rows plus other
+    apps' rows that point at a version by foreign key, each listed once."""
+    ids = list(versions)
+    uses = list(DatasetUse.objects.filter(version_id__in=ids).order_by())
+    recorded = {(u.version_id, u.consumer_kind, u.consumer_id) for u in uses}
+    uses += [
+        u
+        for u in linked_consumers(ids)
+        if (u.version_id, u.consumer_kind, u.consumer_id) not in recorded
+    ]
+    for use in uses:
+        use.version = versions[use.version_id]
+    return sorted(uses, key=lambda u: (u.version_id, u.consumer_kind, u.consumer_id))
+
+
+def consumer_relations() -> list[tuple[Any, Any]]:
+    """(model, foreign key field) of every other app's model with a key to DatasetVersion."""
+    return [
+        (rel.related_model, rel.field)
+        for rel in DatasetVersion._meta.related_objects
+        if rel.one_to_many and rel.related_model._meta.app_label != "datasets"
+    ]
+
+
+def linked_consumers(version_ids: list[int]) -> list[DatasetUse]:
+    """Rows of other apps that point at these versions by foreign key (a training run's
+    ``dataset_version``), as unsaved ``DatasetUse`` rows.
+
+    Found through Django's relation graph, so datasets imports none of those apps and a new
+    consumer model is in the consent report the day it is migrated. Consumers that reach a
+    version only indirectly (a checkpoint through its run) record a ``DatasetUse``.
+    """
+    found: list[DatasetUse] = []
+    if not version_ids:
+        return found
+    for model, fk in consumer_relations():
+        rows = (
+            model._default_manager.filter(**{f"{fk.name}__in": version_ids})
+            .order_by("pk")
+            .values_list("pk", fk.attname)
+        )
+        for pk, version_id in rows:
+            found.append(
+                DatasetUse(
+                    version_id=version_id,
+                    consumer_kind=model._meta.label_lower,
+                    consumer_id=str(pk),
+                )
+            )
+    return found
 
 
 def reach_of_raw_file(raw_file: RawFile) -> Reach:

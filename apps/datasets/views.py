@@ -69,7 +69,7 @@ def version_detail(request: HttpRequest, pk: int) -> HttpResponse:
             registry.consumer_kind(use.consumer_kind).label,
             registry.consumer_url(use.consumer_kind, use.consumer_id),
         )
-        for use in version.uses.all()
+        for use in services.uses_of({version.pk: version})
     ]
     return render(
         request,

@@ -110,3 +110,48 @@ def test_raw_files_are_found_by_id_or_sha256(world):
     assert list(services.find_raw_files(str(raw.pk))) == [raw]
     assert list(services.find_raw_files(raw.sha256.upper())) == [raw]
     assert list(services.find_raw_files("not a thing")) == []
+
+
+def test_rows_of_other_apps_that_point_at_a_version_join_its_reach(built, monkeypatch):
+    """A training run's foreign key to the version is found without datasets importing it."""
+    from types import SimpleNamespace
+
+    class Rows(list):
+        def filter(self, **lookup):
+            assert lookup == {"dataset_version__in": [built.pk]}
+            return self
+
+        def order_by(self, *fields):
+            return self
+
+        def values_list(self, *fields):
+            assert fields == ("pk", "dataset_version_id")
+            return self
+
+    run_model = SimpleNamespace(
+        _meta=SimpleNamespace(app_label="jobs", label_lower="jobs.trainingrun"),
+        _default_manager=Rows([(31, built.pk)]),
+    )
+    field = SimpleNamespace(name="dataset_version", attname="dataset_version_id")
+    monkeypatch.setattr(services, "consumer_relations", lambda: [(run_model, field)])
+    reach = services.reach_of_patient("P-AAAA")
+    assert [(u.consumer_kind, u.consumer_id, u.version) for u in reach.uses] == [
+        ("jobs.trainingrun", "31", built)
+    ]
+    services.record_dataset_use(
+        built, consumer_kind="jobs.trainingrun", consumer_id="31", acting_user=None
+    )
+    services.record_dataset_use(
+        built, consumer_kind="checkpoints.checkpoint", consumer_id="31-step-9", acting_user=None
+    )
+    reach = services.reach_of_patient("P-AAAA")
+    assert [(u.consumer_kind, u.consumer_id) for u in reach.uses] == [
+        ("checkpoints.checkpoint", "31-step-9"),
+        ("jobs.trainingrun", "31"),  # recorded and linked: listed once
+    ]
+
+
+def test_the_real_relation_graph_is_read_without_importing_consumer_apps():
+    for model, field in services.consumer_relations():
+        assert model._meta.app_label != "datasets"
+        assert field.related_model._meta.label_lower == "datasets.datasetversion"
