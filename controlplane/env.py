@@ -74,3 +74,13 @@ def env_secret(name: str, *, required: bool, generate_into: Path | None = None) 
             fh.write(secrets.token_urlsafe(48))
         return generate_into.read_text(encoding="utf-8").strip()
     raise ImproperlyConfigured(f"{name} (or {name}_FILE) must be set")
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a number") from None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from controlplane.env import env_bool, env_int, env_list, env_secret, env_str
+from controlplane.env import env_bool, env_float, env_int, env_list, env_secret, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("MEDCTL_VAR_DIR", str(BASE_DIR / "var")))
@@ -277,3 +277,16 @@ INVENTORY_UID_KEY = env_secret(
 )
 # Folders a data source's raw root must sit under (empty: any absolute path).
 INVENTORY_ALLOWED_ROOTS = env_list("INVENTORY_ALLOWED_ROOTS", [])
+
+# --- review (seed 2.2: sample 1-5 %, pass rate >= 99 % before release) -----------------------
+REVIEW_FRACTION_MIN = env_float("REVIEW_FRACTION_MIN", 0.01)
+REVIEW_FRACTION_MAX = env_float("REVIEW_FRACTION_MAX", 0.05)
+REVIEW_MIN_PER_STRATUM = env_int("REVIEW_MIN_PER_STRATUM", 3)
+REVIEW_THRESHOLD = env_float("REVIEW_THRESHOLD", 0.99)
+# "可接受阈值视法律/伦理规定调整": a batch may set its threshold inside this band only.
+REVIEW_THRESHOLD_MIN = env_float("REVIEW_THRESHOLD_MIN", 0.95)
+REVIEW_THRESHOLD_MAX = env_float("REVIEW_THRESHOLD_MAX", 0.9999)
+REVIEW_CONFIDENCE = env_float("REVIEW_CONFIDENCE", 0.95)  # one-sided Clopper-Pearson
+REVIEW_DOUBLE_REVIEW_FRACTION = env_float("REVIEW_DOUBLE_REVIEW_FRACTION", 0.10)
+REVIEW_LEASE_SECONDS = env_int("REVIEW_LEASE_SECONDS", 600)
+REVIEW_ORIGINAL_GRANT_SECONDS = env_int("REVIEW_ORIGINAL_GRANT_SECONDS", 600)
