@@ -775,20 +775,28 @@ def find_raw_files(query: str) -> QuerySet[RawFile]:
     return RawFile.objects.none()
 
 
-def versions_used_by(consumer_kind: str, consumer_id: str) -> QuerySet[DatasetVersion]:
-    """The versions a training run / checkpoint read (through ``DatasetUse``)."""
-    return DatasetVersion.objects.filter(
-        uses__consumer_kind=consumer_kind, uses__consumer_id=str(consumer_id)
-    ).distinct()
+def versions_used_by(consumer_kind: str, consumer_id: str | int) -> QuerySet[DatasetVersion]:
+    """The versions a training run / checkpoint read: its ``DatasetUse`` rows, and the
+    version its own foreign key names when ``consumer_kind`` is a model with one."""
+    ids = set(
+        DatasetUse.objects.filter(
+            consumer_kind=consumer_kind, consumer_id=str(consumer_id)
+        ).values_list("version_id", flat=True)
+    )
+    for model, fk in consumer_relations():
+        if model._meta.label_lower == consumer_kind and str(consumer_id).isdigit():
+            ids |= set(
+                model._default_manager.filter(pk=int(consumer_id))
+                .exclude(**{fk.attname: None})
+                .values_list(fk.attname, flat=True)
+            )
+    return DatasetVersion.objects.filter(pk__in=ids).order_by("name", "number")
 
 
-def lineage_of_consumer(consumer_kind: str, consumer_id: str) -> QuerySet[DatasetMember]:
+def lineage_of_consumer(consumer_kind: str, consumer_id: str | int) -> QuerySet[DatasetMember]:
     """Every file behind a training run or checkpoint, across the versions it read."""
     return (
-        DatasetMember.objects.filter(
-            version__uses__consumer_kind=consumer_kind,
-            version__uses__consumer_id=str(consumer_id),
-        )
+        DatasetMember.objects.filter(version__in=list(versions_used_by(consumer_kind, consumer_id)))
         .select_related("raw_file", "raw_file__source", "raw_file__batch", "run", "version")
         .order_by("version_id", "sample_key", "raw_file_id")
     )

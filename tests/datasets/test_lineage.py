@@ -155,3 +155,27 @@ def test_the_real_relation_graph_is_read_without_importing_consumer_apps():
     for model, field in services.consumer_relations():
         assert model._meta.app_label != "datasets"
         assert field.related_model._meta.label_lower == "datasets.datasetversion"
+
+
+def test_a_training_run_with_a_foreign_key_leads_back_to_its_raw_files(built, monkeypatch):
+    from types import SimpleNamespace
+
+    class Rows(list):
+        def filter(self, **lookup):
+            assert lookup == {"pk": 31}
+            return self
+
+        def exclude(self, **lookup):
+            return self
+
+        def values_list(self, *fields, flat=False):
+            return self
+
+    run_model = SimpleNamespace(
+        _meta=SimpleNamespace(app_label="jobs", label_lower="jobs.trainingrun"),
+        _default_manager=Rows([built.pk]),
+    )
+    field = SimpleNamespace(name="dataset_version", attname="dataset_version_id")
+    monkeypatch.setattr(services, "consumer_relations", lambda: [(run_model, field)])
+    assert list(services.versions_used_by("jobs.trainingrun", 31)) == [built]
+    assert services.lineage_of_consumer("jobs.trainingrun", 31).count() == 11
