@@ -86,6 +86,11 @@ class DeidRun(TimeStampedModel):
     # Touched after every file by the worker holding the run; a RUNNING run whose heartbeat
     # is stale (or cleared between chunks) may be claimed by the next worker (resume).
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # The raw file the (sequential) worker holds right now. A worker that dies twice on the
+    # same file (out of memory, a crash in a library) must not stall the run forever: the
+    # second takeover records that file as an error and goes on.
+    inflight_raw_file_id = models.BigIntegerField(null=True, blank=True)
+    suspect_raw_file_id = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created"]

@@ -518,6 +518,7 @@ def _walk(
     run = DeidRun.objects.select_related("batch__source").get(pk=run_id)
     if took_over:
         _remove_stale_temp_files(Path(run.output_root))
+        _settle_suspect(run)
     # The batch may have grown since the run started (a late scan); count what is there now.
     total = RawFile.objects.filter(batch_id=run.batch_id).count()
     if total != run.files_total:
@@ -576,6 +577,9 @@ def _walk(
                     continue
                 submitted += 1
                 if pool is None:
+                    DeidRun.objects.filter(pk=run_id).update(
+                        inflight_raw_file_id=raw.pk, heartbeat_at=timezone.now()
+                    )
                     status = worker.process(raw)
                     processed += 1
                     if progress is not None and status:
@@ -656,6 +660,35 @@ class _EnginePool:
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _settle_suspect(run: DeidRun) -> None:
+    """After a takeover: the file the dead worker held is retried once; if a worker already
+    died on it before, it gets an error row (``retry errors`` tries it again) so one poison
+    file cannot stall the run."""
+    held = run.inflight_raw_file_id
+    if held is None or DeidFileResult.objects.filter(run=run, raw_file_id=held).exists():
+        DeidRun.objects.filter(pk=run.pk).update(inflight_raw_file_id=None)
+        return
+    if held != run.suspect_raw_file_id:
+        DeidRun.objects.filter(pk=run.pk).update(suspect_raw_file_id=held)
+        return
+    raw = RawFile.objects.filter(pk=held).first()
+    if raw is not None:
+        _Worker.store_row(
+            run,
+            raw,
+            {
+                "status": Status.ERROR,
+                "reason": "worker_died_on_file: the worker stopped twice on this file",
+                "kind": raw.kind,
+                "modality": (raw.modality or "")[:16],
+                "input_sha256": raw.sha256,
+                "study_key": raw.study_key,
+                "profile_fingerprint": run.profile_fingerprint,
+            },
+        )
+    DeidRun.objects.filter(pk=run.pk).update(suspect_raw_file_id=None)
 
 
 def _remove_stale_temp_files(root: Path) -> None:
@@ -1059,6 +1092,11 @@ class _Worker:
         return reused
 
     def _store(self, raw: RawFile, row: dict[str, Any]) -> str | None:
+        return self.store_row(self.run, raw, row)
+
+    @staticmethod
+    def store_row(run: DeidRun, raw: RawFile, row: dict[str, Any]) -> str | None:
+        """Insert the row and bump the counters in one transaction (once per file)."""
         status = row["status"]
         counter = {
             Status.OK: "files_ok",
@@ -1069,13 +1107,14 @@ class _Worker:
         with transaction.atomic():
             try:
                 with transaction.atomic():
-                    DeidFileResult.objects.create(run=self.run, raw_file=raw, **row)
+                    DeidFileResult.objects.create(run=run, raw_file=raw, **row)
             except IntegrityError:
                 return None  # already stored by another worker: count it once
-            DeidRun.objects.filter(pk=self.run.pk).update(
+            DeidRun.objects.filter(pk=run.pk).update(
                 files_done=F("files_done") + 1,
                 **{counter: F(counter) + 1},
                 heartbeat_at=now,
+                inflight_raw_file_id=None,
             )
         return status
 

@@ -408,3 +408,34 @@ def test_the_task_reraises_failures_without_their_message(mixed, no_ocr_profile,
         tasks.process_run.run(run.pk)
     assert "ZY20240305" not in str(exc.value) and exc.value.__cause__ is None
     assert exc.value.__suppress_context__
+
+
+def test_a_file_that_killed_the_worker_twice_becomes_an_error(mixed, no_ocr_profile):
+    from django.utils import timezone
+
+    run = services.start_run(mixed.batch, profile=no_ocr_profile, acting_user=None, enqueue=False)
+    services.process_run(run.pk, ocr=None, limit=1)
+    poison = mixed.files["note"]
+    stale = timezone.now() - services.STALE_AFTER * 2
+
+    # First death on the file: it is retried.
+    DeidRun.objects.filter(pk=run.pk).update(heartbeat_at=stale, inflight_raw_file_id=poison.pk)
+    services.process_run(run.pk, ocr=None, limit=1)
+    run.refresh_from_db()
+    assert run.suspect_raw_file_id == poison.pk
+    assert not run.results.filter(raw_file=poison, status="error").exists()
+
+    # A second death on the same file: recorded as an error, the run goes on to the end.
+    run.results.filter(raw_file=poison).delete()
+    DeidRun.objects.filter(pk=run.pk).update(
+        heartbeat_at=stale,
+        inflight_raw_file_id=poison.pk,
+        files_done=run.results.count(),
+        files_ok=run.results.filter(status="ok").count(),
+        files_quarantined=run.results.filter(status="quarantined").count(),
+    )
+    services.process_run(run.pk, ocr=None)
+    run.refresh_from_db()
+    result = run.results.get(raw_file=poison)
+    assert result.status == "error" and result.reason.startswith("worker_died_on_file")
+    assert run.status == "done" and run.results.count() == run.files_total == run.files_done
