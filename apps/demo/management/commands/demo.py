@@ -60,9 +60,7 @@ class Command(BaseCommand):
         with bound_context() as ctx, transaction.atomic():
             for role in sorted(ALL_ROLES):
                 username = f"demo_{role}"
-                entry = logins.setdefault(
-                    role, {"username": username, "password": _password()}
-                )
+                entry = logins.setdefault(role, {"username": username, "password": _password()})
                 User = get_user_model()
                 user = User.objects.filter(username=username).first()
                 if user is None:
@@ -84,6 +82,11 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"{ROLE_LABELS[role]!s:<22} {e['username']:<26} {e['password']:<14} {mfa}\n"
             )
+        self.stdout.write(
+            f"Next: sign in as demo_clinician_reviewer and review {url}{self.review_url} "
+            "(keys: p pass, f fail, ? help); the data steward releases the run once the gate "
+            "passes.\n"
+        )
         self.stdout.write(
             "Add a TOTP secret to any authenticator app (or `oathtool --totp -b "
             "SECRET`) for the roles that require it.\n"
@@ -143,6 +146,16 @@ class Command(BaseCommand):
         self.stdout.write(
             f"de-identification run {run.pk}: {run.files_ok} de-identified, "
             f"{run.files_quarantined} quarantined, {run.files_error} errors"
+        )
+        review = run.review_batches.order_by("-pk").first()
+        if review is None:
+            from apps.review import services as review_services
+
+            with bound_context():
+                review = review_services.create_batch(run, acting_user=steward, fraction=0.05)
+        self.review_url = f"/review/batches/{review.pk}/"
+        self.stdout.write(
+            f"review batch {review.pk}: {review.items.count()} items sampled (seed {review.seed})"
         )
         self.verify_audit_chain()
 
