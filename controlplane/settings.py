@@ -290,3 +290,8 @@ REVIEW_CONFIDENCE = env_float("REVIEW_CONFIDENCE", 0.95)  # one-sided Clopper-Pe
 REVIEW_DOUBLE_REVIEW_FRACTION = env_float("REVIEW_DOUBLE_REVIEW_FRACTION", 0.10)
 REVIEW_LEASE_SECONDS = env_int("REVIEW_LEASE_SECONDS", 600)
 REVIEW_ORIGINAL_GRANT_SECONDS = env_int("REVIEW_ORIGINAL_GRANT_SECONDS", 600)
+
+# --- datasets -------------------------------------------------------------------------------
+DATASETS_ROOT = Path(env_str("DATASETS_ROOT", str(VAR_DIR / "datasets")))
+# Packing decodes every file; more processes help only on many-core packing nodes.
+DATASETS_PACK_WORKERS = env_int("DATASETS_PACK_WORKERS", 1)
