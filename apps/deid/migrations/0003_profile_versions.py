@@ -5,32 +5,46 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('deid', '0002_run_resume_flags_reveal_log'),
+        ("deid", "0002_run_resume_flags_reveal_log"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ProfileVersion',
+            name="ProfileVersion",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.SlugField(max_length=60)),
-                ('version', models.PositiveIntegerField()),
-                ('data', models.JSONField()),
-                ('fingerprint', models.CharField(max_length=120)),
-                ('note', models.CharField(blank=True, max_length=300)),
-                ('created_by_id', models.BigIntegerField(blank=True, null=True)),
-                ('created', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.SlugField(max_length=60)),
+                ("version", models.PositiveIntegerField()),
+                ("data", models.JSONField()),
+                ("fingerprint", models.CharField(max_length=120)),
+                ("note", models.CharField(blank=True, max_length=300)),
+                ("created_by_id", models.BigIntegerField(blank=True, null=True)),
+                ("created", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['name', '-version'],
-                'constraints': [models.UniqueConstraint(fields=('name', 'version'), name='deid_profile_version_once')],
+                "ordering": ["name", "-version"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("name", "version"), name="deid_profile_version_once"
+                    )
+                ],
             },
         ),
         migrations.AddField(
-            model_name='deidrun',
-            name='profile_version',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='runs', to='deid.profileversion'),
+            model_name="deidrun",
+            name="profile_version",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="runs",
+                to="deid.profileversion",
+            ),
         ),
     ]
