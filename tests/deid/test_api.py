@@ -61,6 +61,11 @@ def test_an_auditor_may_not_start_or_cancel(client_as, mixed):
         "/api/deid/runs/", {"batch": mixed.batch.pk}, content_type="application/json"
     )
     assert response.status_code == 403 and not DeidRun.objects.exists()
+    run = services.start_run(mixed.batch, acting_user=None, enqueue=False)
+    for action in ("cancel", "resume", "retry-errors"):
+        assert client.post(f"/api/deid/runs/{run.pk}/{action}/").status_code == 403, action
+    run.refresh_from_db()
+    assert run.status == "pending"
 
 
 def test_a_bad_profile_is_a_400(client_as, mixed):
