@@ -36,6 +36,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from apps.audit.services import record
 from apps.jobs import checkpoints as ckpt
@@ -368,7 +369,10 @@ def resume_run(run: TrainingRun, *, acting_user: User | None) -> Attempt:
     with transaction.atomic():
         run = TrainingRun.objects.select_for_update().get(pk=run.pk)
         if run.state in ACTIVE_RUN_STATES:
-            raise JobsError(f"run {run.pk} is {run.state}; cancel it or wait before resuming")
+            raise JobsError(
+                _("Run %(pk)s is %(state)s; cancel it or wait before resuming.")
+                % {"pk": run.pk, "state": run.get_state_display()}
+            )
         previous = run.state
         attempt = _new_attempt(run, trigger="resume", acting_user=acting_user, resumed_from=latest)
         TrainingRun.objects.filter(pk=run.pk, state=previous).update(
@@ -396,7 +400,8 @@ def requeue_run(run: TrainingRun, *, acting_user: User | None) -> Attempt:
         attempt = current_attempt(run)
         if attempt is None or not attempt.job_id or attempt.state not in POLLED_ATTEMPT_STATES:
             raise JobsError(
-                f"run {run.pk} has no queued or running job to requeue; use resume instead"
+                _("Run %(pk)s has no queued or running job to requeue; resume it instead.")
+                % {"pk": run.pk}
             )
         record(
             "jobs.run_requeue_requested",
@@ -417,7 +422,10 @@ def cancel_run(run: TrainingRun, *, acting_user: User | None) -> Attempt | None:
     with transaction.atomic():
         attempt = current_attempt(run)
         if attempt is None or run.state not in ACTIVE_RUN_STATES:
-            raise JobsError(f"run {run.pk} is {run.state}; there is nothing to cancel")
+            raise JobsError(
+                _("Run %(pk)s is %(state)s; there is nothing to cancel.")
+                % {"pk": run.pk, "state": run.get_state_display()}
+            )
         record(
             "jobs.run_cancel_requested",
             _run_res(run),

@@ -204,3 +204,67 @@ def test_with_slurmrestd_the_job_is_submitted_as_the_operators_cluster_user(
     ).stdout.strip()
     assert owner == user
     wait_for_run(run, RunState.COMPLETED)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["direct", "torchrun"])
+def test_the_real_template_trains_the_tiny_preset_on_slurm(
+    launcher, settings, make_version, operator, run_tasks
+):
+    """The real deploy/slurm/templates/train_job.sh under real Slurm (step launcher, MASTER_*
+    rendezvous, --signal/--requeue directives), training tiny for 3 steps on CPU."""
+    import json
+    import sys
+
+    from apps.jobs.validation import RunSpec
+
+    ok, why = _slurm_up()
+    require_service("Slurm", ok, why)
+    root = tempfile.mkdtemp(prefix="medctl-real-", dir="/tmp")
+    try:
+        settings.JOBS_RUNS_ROOT = f"{root}/runs"
+        settings.JOBS_SCHEDULER = "slurm"
+        settings.JOBS_SCHEDULER_OPTIONS = {"slurm": {"timeout": 30}}
+        data = Path(root) / "synth"
+        subprocess.run(
+            [sys.executable, "-m", "trainer", "synth", "--out", str(data), "--samples", "32"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        shards = len(json.loads((data / "manifest.json").read_text())["shards"])
+        version = make_version(root=str(data), shards=shards)
+        spec = RunSpec(
+            name=f"real-{launcher}",
+            preset="tiny",
+            dataset_version_id=version.pk,
+            nodes=1,
+            gpus_per_node=0,
+            data_parallel=1,
+            engine="single",
+            micro_batch_size=2,
+            global_batch_size=2,
+            seq_len=64,
+            max_steps=3,
+            time_limit_minutes=10,
+            launcher=launcher,
+            scheduler="slurm",
+        )
+        run = services.launch_run(spec, acting_user=operator)
+        run_tasks()
+        attempt = run.attempts.get()
+        assert "srun --kill-on-bad-exit=1" in attempt.script
+        wait_for_run(run, RunState.COMPLETED, RunState.FAILED, timeout=240)
+        attempt.refresh_from_db()
+        log = (
+            Path(root)
+            / "runs"
+            / f"real-{launcher}-{run.pk}"
+            / "logs"
+            / f"medctl-real-{launcher}-{run.pk}-{attempt.job_id}.out"
+        )
+        assert run.state == RunState.COMPLETED, log.read_text()[-3000:]
+        checkpoints = services.run_checkpoints(run)
+        assert checkpoints and checkpoints[0].ok and checkpoints[0].step == 3
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
