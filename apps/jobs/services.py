@@ -74,6 +74,10 @@ SCHEDULER_NAMES = ("local", "slurm", "slurmrestd", "pyslurm")
 _CLUSTER_USER_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 # How long a submitting worker holds an attempt; longer than any scheduler call's timeout.
 SUBMIT_LEASE = timedelta(seconds=120)
+# After a transient submit error: the task retries after SUBMIT_RETRY_S, the lease is held a
+# little less so the retry finds it free.
+SUBMIT_RETRY_S = 60
+SUBMIT_RETRY_HOLD = timedelta(seconds=SUBMIT_RETRY_S - 5)
 # A job the scheduler does not list this soon after submission is not lost yet.
 LOST_GRACE = timedelta(seconds=60)
 
@@ -490,13 +494,14 @@ def submit_attempt(attempt_id: int) -> SubmitOutcome:
         job = job_spec(spec, rendered, run_id=run.pk, comment=_comment(attempt), env={})
         job_id = submit_once(scheduler, job, attempt.token)
     except SchedulerError as exc:
-        Attempt.objects.filter(pk=attempt_id).update(claimed_until=None, error=exc.message[:500])
         if not exc.permanent:
+            _hold_for_retry(attempt_id, exc.message)
             return SubmitOutcome(retry=True, message=exc.message)
+        Attempt.objects.filter(pk=attempt_id).update(claimed_until=None, error=exc.message[:500])
         _fail_submission(attempt, exc.message)
         return SubmitOutcome(message=exc.message)
     except OSError as exc:
-        Attempt.objects.filter(pk=attempt_id).update(claimed_until=None, error=str(exc)[:500])
+        _hold_for_retry(attempt_id, str(exc))
         return SubmitOutcome(retry=True, message=str(exc))
     with transaction.atomic():
         changed = Attempt.objects.filter(
@@ -538,6 +543,14 @@ def submit_attempt(attempt_id: int) -> SubmitOutcome:
                 "could not cancel job %s of cancelled attempt %s: %s", job_id, attempt_id, exc
             )
     return SubmitOutcome(job_id=job_id)
+
+
+def _hold_for_retry(attempt_id: int, message: str) -> None:
+    """Keep the lease until just before the task's retry: the reconciler does not queue a
+    second submission meanwhile, so an outage never piles up retrying messages."""
+    Attempt.objects.filter(pk=attempt_id).update(
+        claimed_until=timezone.now() + SUBMIT_RETRY_HOLD, error=message[:500]
+    )
 
 
 def _comment(attempt: Attempt) -> str:

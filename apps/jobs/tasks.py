@@ -1,7 +1,7 @@
 """Thin Celery wrappers around the jobs services: primary keys in, one service call.
 
 The rows hold the truth (attempt state, error); results are never read back. Submission
-retries forever with capped backoff while the scheduler is unreachable: the idempotency
+retries every minute, forever, while the scheduler is unreachable: the idempotency
 token makes every retry safe, and the reconciler re-queues a submission whose message was lost.
 """
 
@@ -26,8 +26,7 @@ def submit_attempt(self, attempt_id: int) -> str | None:  # type: ignore[no-unty
     with bound_context():
         outcome = services.submit_attempt(attempt_id)
     if outcome.retry:
-        countdown = min(10 * 2 ** min(self.request.retries, 5), 300)
-        raise self.retry(countdown=countdown, exc=RuntimeError(outcome.message))
+        raise self.retry(countdown=services.SUBMIT_RETRY_S, exc=RuntimeError(outcome.message))
     return outcome.job_id
 
 

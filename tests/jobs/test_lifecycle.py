@@ -121,8 +121,15 @@ def test_a_controller_outage_keeps_the_attempt_waiting_until_it_returns(
     outcome = services.submit_attempt(attempt.pk)
     assert outcome.retry and "Unable to contact" in outcome.message
     attempt.refresh_from_db()
-    assert attempt.state == AttemptState.CREATED and attempt.claimed_until is None
+    assert attempt.state == AttemptState.CREATED and "Unable to contact" in attempt.error
+    # The lease is held until the task's retry: the reconciler queues no second message.
+    Attempt.objects.filter(pk=attempt.pk).update(
+        created=services.timezone.now() - services.timedelta(minutes=5)
+    )
+    no_task_queue.clear()
+    assert services.reconcile().resubmitted == 0 and no_task_queue == []
     fake.down = False
+    Attempt.objects.filter(pk=attempt.pk).update(claimed_until=None)  # the retry comes due
     assert services.submit_attempt(attempt.pk).job_id == "100"
     assert fake.submits == 1
 
@@ -467,6 +474,8 @@ def test_the_submit_task_retries_through_an_outage_and_submits_once(
     from django.db import transaction
 
     monkeypatch.setattr(transaction, "on_commit", lambda fn, using=None, robust=False: fn())
+    # Eager mode ignores the retry countdown; let the held lease lapse at once instead.
+    monkeypatch.setattr(services, "SUBMIT_RETRY_HOLD", services.timedelta(seconds=-1))
     run = services.launch_run(make_spec(), acting_user=operator)
     fake.down = True
     real_find = fake.find_by_comment
