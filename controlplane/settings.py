@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from controlplane.env import env_bool, env_float, env_int, env_list, env_secret, env_str
 
@@ -19,8 +20,13 @@ VAR_DIR = Path(env_str("MEDCTL_VAR_DIR", str(BASE_DIR / "var")))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 DEBUG = env_bool("DEBUG", False)
-# Production must bring its own secrets; the demo and tests generate them once under var/.
-_DEV = DEBUG or env_bool("MEDCTL_DEV_SECRETS", False)
+# A site declares itself with MEDCTL_ENV=production (deploy/ units set it): then every secret
+# must be given and DEBUG is refused. Elsewhere (a checkout: the demo, the tests, a command
+# such as deid_folder) secrets are generated once under var/ with mode 0600.
+PRODUCTION = env_str("MEDCTL_ENV", "development").strip().lower() == "production"
+if PRODUCTION and DEBUG:
+    raise ImproperlyConfigured("DEBUG must be off when MEDCTL_ENV=production")
+_DEV = not PRODUCTION and (DEBUG or env_bool("MEDCTL_DEV_SECRETS", True))
 SECRET_KEY = env_secret("SECRET_KEY", required=not _DEV, generate_into=VAR_DIR / "secret_key")
 # Signs the daily audit digests; separate from SECRET_KEY so rotating sessions keeps evidence.
 AUDIT_DIGEST_KEY = env_secret(

@@ -68,7 +68,10 @@ def _decode(name: str, raw: str) -> bytes:
 
 
 def _dev_mode() -> bool:
-    return bool(settings.DEBUG) or os.environ.get("MEDCTL_DEV_SECRETS", "").lower() in {
+    """Keys may be derived only outside production (see PRODUCTION in the settings)."""
+    if getattr(settings, "PRODUCTION", False):
+        return False
+    return bool(settings.DEBUG) or os.environ.get("MEDCTL_DEV_SECRETS", "1").lower() in {
         "1",
         "true",
         "yes",

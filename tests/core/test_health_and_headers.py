@@ -77,3 +77,26 @@ def test_demo_secrets_are_generated_once_and_kept(monkeypatch, tmp_path):
     assert first == env.env_secret("X_SECRET", required=False, generate_into=tmp_path / "k")
     assert len(first) > 40
     assert (tmp_path / "k").stat().st_mode & 0o077 == 0
+
+
+def test_a_production_site_refuses_to_start_without_its_secrets(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.endswith(("SECRET_KEY", "_KEY_FILE"))}
+    env.update(
+        MEDCTL_ENV="production",
+        MEDCTL_VAR_DIR=str(tmp_path),
+        DJANGO_SETTINGS_MODULE="controlplane.settings",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "SECRET_KEY (or SECRET_KEY_FILE) must be set" in proc.stderr
+    assert not (tmp_path / "secret_key").exists()
