@@ -253,6 +253,92 @@ def _locked_head(alias: str) -> tuple[int, str, datetime] | None:
     return seq, digest, ts
 
 
+# One round trip for the whole serialized section on PostgreSQL: take the chain lock, then
+# (a second statement, so a fresh READ COMMITTED snapshot that sees the previous holder's
+# commit) read the head and insert the next event with its digest computed by the server,
+# over the same message that PG_MESSAGE_SQL builds. Everything until the caller's COMMIT
+# holds up every other writer, so nothing else happens inside the lock but this query.
+_PG_APPEND_SQL = (
+    f"SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY:d}); "  # noqa: S608 - constants; values are bound
+    "WITH head AS (SELECT seq, digest, timestamp FROM audit_auditevent "
+    "ORDER BY seq DESC LIMIT 1), "
+    "n AS (SELECT coalesce((SELECT seq FROM head), 0) + 1 AS seq, "
+    f"coalesce((SELECT digest FROM head), '{GENESIS_DIGEST}') AS prev_digest, "
+    "greatest(%(now)s::timestamptz, (SELECT timestamp FROM head)) AS ts) "
+    "INSERT INTO audit_auditevent (seq, timestamp, user_id, action, resource, pre_hash, "
+    "post_hash, request_id, client_ip, details, prev_digest, digest) "
+    "SELECT n.seq, n.ts, %(user_id)s, %(action)s, %(resource)s, %(pre_hash)s, %(post_hash)s, "
+    "%(request_id)s, %(client_ip)s, %(details)s, n.prev_digest, "
+    "encode(sha256(convert_to(concat_ws(E'\\x1f', '" + MESSAGE_VERSION + "', n.seq::text, "
+    "n.prev_digest, to_char(n.ts AT TIME ZONE 'UTC', "
+    "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"'), coalesce(%(user_id)s::bigint::text, ''), "
+    "%(action)s, %(resource)s, %(pre_hash)s, %(post_hash)s, %(request_id)s, %(client_ip)s, "
+    "%(details)s), 'UTF8')), 'hex') "
+    "FROM n RETURNING seq, timestamp, prev_digest, digest"
+)
+
+
+def _append_postgresql(
+    alias: str,
+    user_id: int | None,
+    action: str,
+    resource: str,
+    pre_hash: str,
+    post_hash: str,
+    request_id: str,
+    client_ip: str,
+    details_json: str,
+) -> AuditEvent:
+    params = {
+        "now": timezone.now(),
+        "user_id": user_id,
+        "action": action,
+        "resource": resource,
+        "pre_hash": pre_hash,
+        "post_hash": post_hash,
+        "request_id": request_id,
+        "client_ip": client_ip,
+        "details": details_json,
+    }
+    with connections[alias].cursor() as cursor:
+        cursor.execute(_PG_APPEND_SQL, params)
+        cursor.nextset()
+        seq, ts, prev_digest, digest = cursor.fetchone()
+    # The server computed the digest; recompute it here, so the SQL and the Python encoding
+    # (which SQLite and verification rely on) can never drift apart unnoticed.
+    expected = compute_digest(
+        seq=seq,
+        prev_digest=prev_digest,
+        ts=ts,
+        user_id=user_id,
+        action=action,
+        resource=resource,
+        pre_hash=pre_hash,
+        post_hash=post_hash,
+        request_id=request_id,
+        client_ip=client_ip,
+        details_json=details_json,
+    )
+    if expected != digest:
+        raise AuditError(f"event #{seq}: the database computed digest {digest}, not {expected}")
+    event = AuditEvent(
+        seq=seq,
+        timestamp=ts,
+        user_id=user_id,
+        action=action,
+        resource=resource,
+        pre_hash=pre_hash,
+        post_hash=post_hash,
+        request_id=request_id,
+        client_ip=client_ip,
+        details_json=details_json,
+        prev_digest=prev_digest,
+        digest=digest,
+    )
+    event._state.adding, event._state.db = False, alias
+    return event
+
+
 def record(
     action: str,
     resource: str,
@@ -294,6 +380,18 @@ def record(
     pre_hash, post_hash = state_hash(pre), state_hash(post)
     request_id, client_ip = _validated_context()
 
+    if connections[alias].vendor == "postgresql":
+        return _append_postgresql(
+            alias,
+            user_id,
+            action,
+            resource,
+            pre_hash,
+            post_hash,
+            request_id,
+            client_ip,
+            details_json,
+        )
     head = _locked_head(alias)
     seq, prev_digest, ts = 1, GENESIS_DIGEST, timezone.now()
     if head is not None:
