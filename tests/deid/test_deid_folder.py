@@ -28,15 +28,24 @@ def tree(tmp_path: Path) -> Path:
 
 def run(tree: Path, tmp_path: Path, *extra: str) -> dict:
     report = tmp_path / "report.json"
-    call_command("deid_folder", str(tree), str(tmp_path / "out"), "--report", str(report),
-                 "--no-ocr", "--no-progress", *extra)
+    call_command(
+        "deid_folder",
+        str(tree),
+        str(tmp_path / "out"),
+        "--report",
+        str(report),
+        "--no-ocr",
+        "--no-progress",
+        *extra,
+    )
     return json.loads(report.read_text(encoding="utf-8"))
 
 
 def test_every_input_appears_once_and_phi_is_gone(tree, tmp_path):
     report = run(tree, tmp_path, "--workers", "2")
-    inputs = sorted(str(p.relative_to(tree)) for p in tree.rglob("*")
-                    if p.is_file() or p.is_symlink())
+    inputs = sorted(
+        str(p.relative_to(tree)) for p in tree.rglob("*") if p.is_file() or p.is_symlink()
+    )
     assert [f["input"] for f in report["files"]] == inputs
     by_input = {f["input"]: f for f in report["files"]}
     assert by_input["junk.bin"]["status"] == "quarantined"
