@@ -20,4 +20,10 @@ app.conf.beat_schedule = {
         "task": "apps.audit.tasks.write_daily_digest",
         "schedule": crontab(hour=0, minute=10),
     },
+    # Re-verify the whole chain against the stored digests once a day, after the seal; the
+    # result lands in the auditor's status panel and as an audit event.
+    "audit-verify-chain": {
+        "task": "apps.audit.tasks.verify_chain",
+        "schedule": crontab(hour=0, minute=40),
+    },
 }
