@@ -113,6 +113,7 @@ def jobs_settings(settings: Any, tmp_path: Path) -> Any:
         "local": {"state_dir": str(tmp_path / "sched"), "kill_wait": 1}
     }
     settings.JOBS_GPU_MEMORY_GIB = 80
+    settings.JOBS_METRICS_PORT = 0  # no /metrics endpoint: parallel suites share this host
     return settings
 
 

@@ -247,6 +247,8 @@ def test_the_runs_api_list_does_not_query_per_run(
 
 @pytest.mark.django_db(transaction=True)  # the consumer queries from its own thread
 def test_the_websocket_sends_the_state_and_log_tail_to_readers_only(run, cast):
+    from concurrent.futures import ThreadPoolExecutor
+
     from asgiref.sync import async_to_sync
     from channels.testing import WebsocketCommunicator
 
@@ -265,9 +267,14 @@ def test_the_websocket_sends_the_state_and_log_tail_to_readers_only(run, cast):
             await comm.disconnect()
         return connected, code, messages
 
-    connected, _, messages = async_to_sync(talk)(cast["auditor"], run.pk)
+    def in_own_loop(user, pk):
+        # A Playwright test earlier in the session leaves an event loop in this thread.
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(async_to_sync(talk), user, pk).result()
+
+    connected, _, messages = in_own_loop(cast["auditor"], run.pk)
     assert connected
     assert messages[0] == {"type": "run.state", "state": "queued"}
     assert messages[1]["type"] == "log.tail" and "log of 100" in messages[1]["text"]
-    connected, code, _ = async_to_sync(talk)(cast["data_steward"], run.pk)
+    connected, code, _ = in_own_loop(cast["data_steward"], run.pk)
     assert not connected and code == 4403

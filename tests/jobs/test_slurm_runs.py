@@ -49,6 +49,7 @@ def slurm_runs(settings, tiny_template):
     settings.JOBS_RUN_DIR_MODE = 0o777
     settings.JOBS_SCHEDULER = "slurm"
     settings.JOBS_SCHEDULER_OPTIONS = {"slurm": {"timeout": 30}}
+    settings.JOBS_METRICS_PORT = 0
     yield root
     shutil.rmtree(root, ignore_errors=True)
 
@@ -225,6 +226,7 @@ def test_the_real_template_trains_the_tiny_preset_on_slurm(
         settings.JOBS_RUNS_ROOT = f"{root}/runs"
         settings.JOBS_SCHEDULER = "slurm"
         settings.JOBS_SCHEDULER_OPTIONS = {"slurm": {"timeout": 30}}
+        settings.JOBS_METRICS_PORT = 0  # no /metrics endpoint: parallel suites share this host
         data = Path(root) / "synth"
         subprocess.run(
             [sys.executable, "-m", "trainer", "synth", "--out", str(data), "--samples", "32"],
