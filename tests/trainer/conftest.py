@@ -21,7 +21,8 @@ if "trainer" in sys.modules and getattr(sys.modules["trainer"], "__file__", None
 from trainer.config import TrainConfig, load_config  # noqa: E402
 from trainer.data.synthetic import write_synthetic  # noqa: E402
 
-PYTHON = REPO / ".venv" / "bin" / "python"
+# The interpreter running the tests (the project venv in make test and CI).
+PYTHON = Path(sys.executable)
 
 
 @pytest.fixture(scope="session")
