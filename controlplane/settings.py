@@ -8,12 +8,21 @@ and REDIS_URL. See docs/configuration.md for every variable.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from controlplane.env import env_bool, env_float, env_int, env_list, env_secret, env_str
+from controlplane.env import (
+    env_bool,
+    env_float,
+    env_int,
+    env_json,
+    env_list,
+    env_secret,
+    env_str,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("MEDCTL_VAR_DIR", str(BASE_DIR / "var")))
@@ -303,3 +312,24 @@ REVIEW_ORIGINAL_GRANT_SECONDS = env_int("REVIEW_ORIGINAL_GRANT_SECONDS", 600)
 DATASETS_ROOT = Path(env_str("DATASETS_ROOT", str(VAR_DIR / "datasets")))
 # Packing decodes every file; more processes help only on many-core packing nodes.
 DATASETS_PACK_WORKERS = env_int("DATASETS_PACK_WORKERS", 1)
+
+# --- training runs (apps/jobs; every variable is described in docs/jobs.md) ----------------
+JOBS_SCHEDULER = env_str("JOBS_SCHEDULER", "local")  # local | slurm | slurmrestd | pyslurm
+JOBS_SCHEDULER_OPTIONS = env_json("JOBS_SCHEDULER_OPTIONS", {})  # {"slurmrestd": {...}}
+JOBS_RUNS_ROOT = Path(env_str("JOBS_RUNS_ROOT", str(VAR_DIR / "runs")))  # shared by the nodes
+_run_dir_mode = env_str("JOBS_RUN_DIR_MODE", "")
+JOBS_RUN_DIR_MODE = int(_run_dir_mode, 8) if _run_dir_mode else None
+JOBS_PYTHON = env_str("JOBS_PYTHON", "") or sys.executable  # the nodes' training interpreter
+JOBS_SCRIPT_TEMPLATE_DIR = env_str("JOBS_SCRIPT_TEMPLATE_DIR", "") or None
+# The seed's NCCL block minus its RoCE-only GID index (see deploy/slurm/templates).
+JOBS_NCCL_ENV = env_json(
+    "JOBS_NCCL_ENV", {"NCCL_DEBUG": "WARN", "NCCL_IB_TIMEOUT": "23", "NCCL_IB_HCA": "mlx5"}
+)
+JOBS_CACHE_ROOT = env_str("JOBS_CACHE_ROOT", "")  # node-local NVMe shard cache
+JOBS_CPUS_PER_GPU = env_int("JOBS_CPUS_PER_GPU", 0)
+JOBS_METRICS_PORT = env_int("JOBS_METRICS_PORT", 8085)
+JOBS_GPU_MEMORY_GIB = env_int("JOBS_GPU_MEMORY_GIB", 80)
+JOBS_RECONCILE_SECONDS = env_int("JOBS_RECONCILE_SECONDS", 15)
+JOBS_PER_USER_TOKENS = env_bool("JOBS_PER_USER_TOKENS", True)
+JOBS_CLUSTER_USERS = env_json("JOBS_CLUSTER_USERS", {})
+JOBS_SERVICE_ACCOUNT = env_str("JOBS_SERVICE_ACCOUNT", os.environ.get("USER", "medctl"))
