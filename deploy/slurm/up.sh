@@ -134,7 +134,9 @@ install -d -o "$API_USER" -g "$API_USER" -m 0755 "$RUN"
 if [ "$changed" -eq 1 ]; then stop_pidfile "$RUN/unix.pid"; stop_pidfile "$RUN/jwt.pid"; fi
 # setpriv and env exec, so $! below is slurmrestd's own pid (a shell function here would
 # leave $! pointing at a subshell, and down.sh would stop the wrong process).
-AS_API=(setpriv --reuid="$API_USER" --regid="$API_USER" --init-groups)
+# setsid: slurmrestd does not daemonize; its own session keeps it alive when the shell or
+# process group that ran this script goes away (a CI step, a terminal closing).
+AS_API=(setsid setpriv --reuid="$API_USER" --regid="$API_USER" --init-groups)
 if ! alive "$RUN/unix.pid"; then
   rm -f "$RUN/rest.sock"
   # rest_auth/local works only on a unix socket; every request acts as $API_USER.

@@ -495,29 +495,30 @@ def test_the_submit_task_retries_through_an_outage_and_submits_once(
 
 
 def test_log_tails_are_pushed_for_watched_runs_only(fake, launched, tmp_path):
-    from asgiref.sync import async_to_sync
+    import asyncio
+
+    from asgiref.sync import async_to_sync, sync_to_async
     from channels.layers import get_channel_layer
 
     out = tmp_path / "job.out"
     out.write_text("step 1 loss 6.2\nstep 2 loss 5.9\n")
     fake.set("100", "RUNNING", output=str(out))
     services.reconcile()  # PENDING -> RUNNING
-    layer = get_channel_layer()
-    channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(services.run_group(launched.pk), channel)
-    services.reconcile()  # nothing changed, nobody watching: nothing sent
 
-    async def nothing_waiting():
-        import asyncio
-
+    async def scenario():
+        # One event loop for every receive: the Redis layer binds its queues to a loop.
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add(services.run_group(launched.pk), channel)
+        await sync_to_async(services.reconcile)()  # nothing changed, nobody watching
         try:
-            await asyncio.wait_for(layer.receive(channel), 0.2)
+            early = await asyncio.wait_for(layer.receive(channel), 0.5)
         except TimeoutError:
-            return True
-        return False
+            early = None
+        await sync_to_async(services.touch_watch)(launched.pk)
+        await sync_to_async(services.reconcile)()
+        return early, await asyncio.wait_for(layer.receive(channel), 10)
 
-    assert async_to_sync(nothing_waiting)()
-    services.touch_watch(launched.pk)
-    services.reconcile()
-    message = async_to_sync(layer.receive)(channel)
+    early, message = async_to_sync(scenario)()
+    assert early is None
     assert message == {"type": "log.tail", "attempt": 1, "text": out.read_text()}
