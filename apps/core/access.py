@@ -185,11 +185,26 @@ def iter_endpoints() -> list[dict[str, Any]]:
                         "roles": declared_roles(p.callback),
                         "sample": sample,
                         "api": is_drf_view(p.callback),
+                        "methods": method_roles(p.callback),
                     }
                 )
 
     walk(get_resolver().url_patterns, "/", None, {})
     return found
+
+
+def method_roles(view_func: Callable[..., Any]) -> dict[str, frozenset[str]]:
+    """For a DRF viewset route: each HTTP method's roles after ``action_roles`` narrowing."""
+    actions = getattr(view_func, "actions", None) or {}
+    cls = getattr(view_func, "cls", None)
+    declared = declared_roles(view_func)
+    if not actions or cls is None or declared is None:
+        return {}
+    per_action = getattr(cls, "action_roles", {}) or {}
+    return {
+        method.upper(): frozenset(per_action.get(action, declared))
+        for method, action in actions.items()
+    }
 
 
 def matrix_markdown() -> str:
@@ -204,7 +219,8 @@ def matrix_markdown() -> str:
         "(`apps/core/access.py`). `tests/test_access_matrix.py` proves every row against the "
         "running site and fails when this file is out of date. ✓ = allowed, · = 403, "
         "public = no login needed. Anonymous callers get a login redirect (pages) or "
-        "401/403 (API) everywhere but public rows.",
+        "401/403 (API) everywhere but public rows. A row naming a method (POST, DELETE, …) is "
+        "an API action its viewset narrows to fewer roles (`action_roles`).",
         "",
         "| endpoint | " + " | ".join(str(ROLE_LABELS[c]) for c in cols) + " |",
         "|---|" + "---|" * len(cols),
@@ -220,4 +236,9 @@ def matrix_markdown() -> str:
         route = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"<\1>", ep["route"])
         route = route.replace("^", "").replace("$", "").replace("|", "\\|")
         lines.append(f"| `{route}` | " + " | ".join(cells) + " |")
+        # Methods whose action narrows the view's roles get a row of their own.
+        for method, narrowed in sorted(ep["methods"].items()):
+            if narrowed != roles_ and method != "GET":
+                cells = ["✓" if c in narrowed else "·" for c in cols]
+                lines.append(f"| `{route}` {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
