@@ -270,3 +270,63 @@ def test_the_real_template_trains_the_tiny_preset_on_slurm(
         assert checkpoints and checkpoints[0].ok and checkpoints[0].step == 3
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _controller_pid() -> int | None:
+    out = subprocess.run(["pgrep", "-x", "slurmctld"], capture_output=True, text=True)
+    return int(out.stdout.split()[0]) if out.returncode == 0 and out.stdout.strip() else None
+
+
+@pytest.fixture
+def stoppable_controller(slurm_runs):
+    """Stops the real slurmctld for the test body's first half; always restarts it."""
+    require_service("root to restart slurmctld", os.geteuid() == 0, "tests run unprivileged")
+    require_service("slurmctld", _controller_pid() is not None, "slurmctld is not running")
+
+    def stop() -> None:
+        pid = _controller_pid()
+        if pid:
+            os.kill(pid, 15)
+        deadline = time.monotonic() + 30
+        while _controller_pid() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _controller_pid() is None, "slurmctld did not stop"
+
+    def start() -> None:
+        if _controller_pid() is None:
+            subprocess.run(["slurmctld"], check=True)  # daemonizes; state is kept on disk
+        ok, why = False, ""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not ok:
+            ok, why = _slurm_up()
+            time.sleep(0.5)
+        assert ok, f"Slurm did not come back: {why}"
+
+    yield stop, start
+    start()
+
+
+def test_a_submission_during_a_controller_outage_waits_and_is_submitted_once_after(
+    stoppable_controller, make_spec, operator, no_task_queue
+):
+    from apps.jobs.schedulers import get_scheduler
+
+    stop, start = stoppable_controller
+    run = services.launch_run(
+        make_spec(scheduler="slurm", name="slurm-outage", max_steps=30), acting_user=operator
+    )
+    attempt = run.attempts.get()
+    stop()
+    outcome = services.submit_attempt(attempt.pk)
+    attempt.refresh_from_db()
+    assert outcome.retry, outcome
+    assert attempt.state == AttemptState.CREATED and not attempt.job_id
+    start()
+    Attempt.objects.filter(pk=attempt.pk).update(claimed_until=None)  # the retry comes due
+    job_id = services.submit_attempt(attempt.pk).job_id
+    assert job_id
+    found = get_scheduler("slurm", {}).find_by_comment(attempt.token)
+    assert [j.job_id for j in found] == [job_id]
+    services.cancel_run(run, acting_user=operator)
+    for _name, args in list(no_task_queue):
+        services.cancel_job(*args)
