@@ -19,10 +19,20 @@ from tests.browser.test_navigation import sign_in
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
+@pytest.mark.parametrize("scheduler", ["local", "slurm"])
 def test_an_operator_launches_a_tiny_run_and_watches_it_complete(
-    cast, live_server, page: Page, jobs_settings, make_version, run_tasks, tmp_path
+    scheduler, cast, live_server, page: Page, jobs_settings, make_version, run_tasks, tmp_path
 ):
     from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    if scheduler == "slurm":  # the real single-node cluster of deploy/slurm
+        from tests.conftest import require_service
+        from tests.jobs.test_slurm_runs import _slurm_up
+
+        ok, why = _slurm_up()
+        require_service("Slurm", ok, why)
+        jobs_settings.JOBS_SCHEDULER = "slurm"
+        jobs_settings.JOBS_SCHEDULER_OPTIONS = {"slurm": {"timeout": 30}}
 
     data = tmp_path / "synth"
     subprocess.run(
@@ -38,7 +48,7 @@ def test_an_operator_launches_a_tiny_run_and_watches_it_complete(
 
     page.goto(f"{live_server.url}/jobs/new/")
     form = page.locator("[data-testid=run-form]")
-    form.locator("#id_name").fill("browser-tiny")
+    form.locator("#id_name").fill(f"browser-tiny-{scheduler}")
     form.locator("#id_preset").select_option("tiny")
     form.locator("#id_dataset_version").select_option(str(version.pk))
     form.locator("#id_engine").select_option("single")

@@ -330,3 +330,59 @@ def test_a_submission_during_a_controller_outage_waits_and_is_submitted_once_aft
     services.cancel_run(run, acting_user=operator)
     for _name, args in list(no_task_queue):
         services.cancel_job(*args)
+
+
+def test_through_the_api_a_run_completes_resumes_requeues_and_cancels_on_slurm(
+    slurm_runs, make_version, client_as, run_tasks
+):
+    """The operator's REST calls, end to end against the real cluster."""
+    api = client_as("operator")
+    version = make_version()
+
+    def launch_via_api(name: str, max_steps: int) -> TrainingRun:
+        body = {
+            "name": name,
+            "preset": "tiny",
+            "dataset_version": version.pk,
+            "nodes": 1,
+            "gpus_per_node": 0,
+            "data_parallel": 1,
+            "engine": "single",
+            "micro_batch_size": 2,
+            "global_batch_size": 4,
+            "seq_len": 64,
+            "max_steps": max_steps,
+            "time_limit_minutes": 10,
+            "scheduler": "slurm",
+        }
+        response = api.post("/api/jobs/runs/", body, content_type="application/json")
+        assert response.status_code == 201, response.content
+        run_tasks()
+        return TrainingRun.objects.get(pk=response.json()["id"])
+
+    def act(run: TrainingRun, verb: str) -> None:
+        response = api.post(f"/api/jobs/runs/{run.pk}/{verb}/")
+        assert response.status_code == 202, response.content
+        run_tasks()
+
+    done = launch_via_api("api-done", 3)
+    wait_for_run(done, RunState.COMPLETED)
+    act(done, "resume")
+    wait_for_run(done, RunState.COMPLETED)
+    assert done.attempts.count() == 2
+
+    long = launch_via_api("api-long", 120)
+    wait_for_run(long, RunState.RUNNING)
+    act(long, "requeue")
+    wait_for_attempt(
+        long.attempts.get(),
+        lambda a: a.restarts == 1 and a.state == AttemptState.RUNNING,
+        timeout=120,
+    )
+    act(long, "cancel")
+    wait_for_run(long, RunState.CANCELLED, timeout=60)
+    listed = api.get("/api/jobs/runs/").json()["results"]
+    assert {r["name"]: r["state"] for r in listed} == {
+        "api-done": "completed",
+        "api-long": "cancelled",
+    }
