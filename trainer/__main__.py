@@ -98,7 +98,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         os.environ.pop(key, None)
     run = build_run(cfg)
     try:
-        load_model_weights(path, run.engine.raw, manifest["engine"])
+        load_model_weights(path, run.engine.raw, manifest["engine"])  # type: ignore[attr-defined]
         result = run.trainer.evaluate()
         text = None
         if args.generate:
@@ -115,10 +115,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     }
     if text is not None:
         report["report_generation"] = text
-    text = json.dumps(report, indent=1)
+    rendered = json.dumps(report, indent=1)
     if args.out:
-        Path(args.out).write_text(text)
-    print(text)
+        Path(args.out).write_text(rendered)
+    print(rendered)
     return 0
 
 

@@ -71,7 +71,8 @@ def pick_device(local_rank: int) -> torch.device:
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: matrices decay, vectors (norm weights) do not."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for _, param in sorted(model.named_parameters(), key=lambda kv: kv[0]):
         if param.requires_grad:
             # ZeRO-3 partitioned parameters are empty locally; ds_shape is the real shape.
@@ -118,7 +119,8 @@ class Engine:
         self.cfg, self.dims, self.rank, self.device = cfg, dims, rank, device
         self.world = dims.world_size
         self.allreduce_seconds: float | None = None
-        self.model: nn.Module
+        # nn.Module, DDP, an FSDP2-sharded module or a DeepSpeed engine (methods of its own).
+        self.model: Any
         self.optimizer: torch.optim.Optimizer
 
     # ---- collectives shared by every engine
@@ -368,8 +370,8 @@ class FSDP2Engine(Engine):
         set_state_dict(
             self.model,
             self.optimizer,
-            model_state_dict=state["model"],
-            optim_state_dict=state["optim"],
+            model_state_dict=model_sd,  # filled in place by dcp.load
+            optim_state_dict=optim_sd,
         )
         rng = directory / f"rng-{self.rank}.pt"
         if rng.exists():

@@ -232,12 +232,13 @@ class MultimodalLM(nn.Module):
         h: torch.Tensor,
         input_ids: torch.Tensor,
         feats: torch.Tensor,
-        present: torch.Tensor,
+        present: torch.Tensor | None,
         token_id: int,
     ) -> torch.Tensor:
-        """Write ``feats[present]`` into ``h`` at the placeholder positions of ``token_id``."""
+        """Write ``feats[present]`` into ``h`` at the placeholder positions of ``token_id``
+        (every row of ``feats`` when no mask is given)."""
         slots = (input_ids == token_id).unsqueeze(-1)  # [B, T, 1]
-        chosen = feats[present].to(h.dtype)  # [B', n, D]
+        chosen = (feats if present is None else feats[present]).to(h.dtype)  # [B', n, D]
         h = h.masked_scatter(slots, chosen)
         # Keeps every encoder parameter in the graph when no sample in this micro-batch has
         # the modality, so DDP/FSDP/ZeRO reductions see the same parameters on every rank.

@@ -333,7 +333,10 @@ class ShardReader:
         txt = self.read_member(i, "txt")
         images = []
         for ext in sorted((e for e in members if e.startswith("img")), key=lambda e: (len(e), e)):
-            images.append(np.load(io.BytesIO(self.read_member(i, ext)), allow_pickle=False))
+            data = self.read_member(i, ext)
+            if data is None:
+                raise ShardFormatError(f"sample {i}: member {ext} listed but unreadable")
+            images.append(np.load(io.BytesIO(data), allow_pickle=False))
         wav = self.read_member(i, "wav.npy")
         return Sample(
             key=self.keys[i],

@@ -330,10 +330,10 @@ class PixelCleaner:
         n = frames * rows * cols * spp
         ts = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
         order = ">" if ts == ExplicitVRBigEndian else "<"
-        arr = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder(order), count=n)
+        arr = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder(order), count=n)  # type: ignore[arg-type]
         planar = spp > 1 and int(ds.get("PlanarConfiguration", 0)) == 1
         if planar:
-            view = arr.reshape(frames, spp, rows, cols)
+            view: np.ndarray = arr.reshape(frames, spp, rows, cols)
         elif spp > 1:
             view = arr.reshape(frames, rows, cols, spp)
         else:
