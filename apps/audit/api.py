@@ -10,7 +10,7 @@ from rest_framework import serializers, viewsets
 from rest_framework.exceptions import ValidationError
 
 from apps.audit.filtersets import AuditEventFilterForm
-from apps.audit.models import AuditEvent
+from apps.audit.models import EVENT_FIELDS, AuditEvent
 from apps.core.roles import AUDITOR, PRIVACY
 
 
@@ -19,20 +19,7 @@ class AuditEventSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = AuditEvent
-        fields = [
-            "seq",
-            "timestamp",
-            "user_id",
-            "action",
-            "resource",
-            "pre_hash",
-            "post_hash",
-            "request_id",
-            "client_ip",
-            "details",
-            "prev_digest",
-            "digest",
-        ]
+        fields = list(EVENT_FIELDS)
         read_only_fields = fields
 
 

@@ -17,6 +17,24 @@ from django.utils.translation import gettext_lazy as _
 # prev_digest of the first event.
 GENESIS_DIGEST = "0" * 64
 
+# An event's fields as exported (CSV header, API), in digest-message order.
+EVENT_FIELDS = (
+    "seq",
+    "timestamp",
+    "user_id",
+    "action",
+    "resource",
+    "pre_hash",
+    "post_hash",
+    "request_id",
+    "client_ip",
+    "details",
+    "prev_digest",
+    "digest",
+)
+# The same as database columns (``details`` is stored as its canonical JSON text).
+EVENT_COLUMNS = tuple("details_json" if f == "details" else f for f in EVENT_FIELDS)
+
 
 class AuditEvent(models.Model):
     """One audited state change. Ids and hashes only: never the state itself (no PHI)."""

@@ -30,7 +30,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
 from django.utils import timezone
 
-from apps.audit.models import GENESIS_DIGEST, AuditEvent, ChainCheck
+from apps.audit.models import EVENT_COLUMNS, GENESIS_DIGEST, AuditEvent, ChainCheck
 from apps.core import context
 
 if TYPE_CHECKING:
@@ -59,20 +59,7 @@ CHAIN_LOCK_KEY = 0x6D6564_617564
 DIGEST_FORMAT = "medctl-audit-digest/1"
 
 # The columns verification needs, in message order.
-VERIFY_COLUMNS = (
-    "seq",
-    "timestamp",
-    "user_id",
-    "action",
-    "resource",
-    "pre_hash",
-    "post_hash",
-    "request_id",
-    "client_ip",
-    "details_json",
-    "prev_digest",
-    "digest",
-)
+VERIFY_COLUMNS = EVENT_COLUMNS
 
 
 class AuditError(ValueError):
@@ -278,65 +265,50 @@ _PG_APPEND_SQL = (
 )
 
 
-def _append_postgresql(
-    alias: str,
-    user_id: int | None,
-    action: str,
-    resource: str,
-    pre_hash: str,
-    post_hash: str,
-    request_id: str,
-    client_ip: str,
-    details_json: str,
-) -> AuditEvent:
-    params = {
-        "now": timezone.now(),
-        "user_id": user_id,
-        "action": action,
-        "resource": resource,
-        "pre_hash": pre_hash,
-        "post_hash": post_hash,
-        "request_id": request_id,
-        "client_ip": client_ip,
-        "details": details_json,
-    }
+def _append_postgresql(alias: str, fields: dict[str, Any]) -> AuditEvent:
+    params = {"now": timezone.now(), **fields}
     with connections[alias].cursor() as cursor:
         cursor.execute(_PG_APPEND_SQL, params)
         cursor.nextset()
         seq, ts, prev_digest, digest = cursor.fetchone()
-    # The server computed the digest; recompute it here, so the SQL and the Python encoding
-    # (which SQLite and verification rely on) can never drift apart unnoticed.
-    expected = compute_digest(
+    event = _chained_event(seq, prev_digest, ts, params)
+    # The server computed the digest; the Python encoding (which SQLite and verification rely
+    # on) recomputed it, so the two can never drift apart unnoticed.
+    if event.digest != digest:
+        raise AuditError(f"event #{seq}: the database computed digest {digest}, not {event.digest}")
+    event._state.adding, event._state.db = False, alias
+    return event
+
+
+def _chained_event(seq: int, prev_digest: str, ts: datetime, p: dict[str, Any]) -> AuditEvent:
+    """The event at ``seq`` after ``prev_digest``, its digest computed from every field."""
+    fields = dict(
         seq=seq,
         prev_digest=prev_digest,
         ts=ts,
-        user_id=user_id,
-        action=action,
-        resource=resource,
-        pre_hash=pre_hash,
-        post_hash=post_hash,
-        request_id=request_id,
-        client_ip=client_ip,
-        details_json=details_json,
+        user_id=p["user_id"],
+        action=p["action"],
+        resource=p["resource"],
+        pre_hash=p["pre_hash"],
+        post_hash=p["post_hash"],
+        request_id=p["request_id"],
+        client_ip=p["client_ip"],
+        details_json=p["details"],
     )
-    if expected != digest:
-        raise AuditError(f"event #{seq}: the database computed digest {digest}, not {expected}")
-    event = AuditEvent(
+    return AuditEvent(
         seq=seq,
         timestamp=ts,
-        user_id=user_id,
-        action=action,
-        resource=resource,
-        pre_hash=pre_hash,
-        post_hash=post_hash,
-        request_id=request_id,
-        client_ip=client_ip,
-        details_json=details_json,
+        user_id=p["user_id"],
+        action=p["action"],
+        resource=p["resource"],
+        pre_hash=p["pre_hash"],
+        post_hash=p["post_hash"],
+        request_id=p["request_id"],
+        client_ip=p["client_ip"],
+        details_json=p["details"],
         prev_digest=prev_digest,
-        digest=digest,
+        digest=compute_digest(**fields),
     )
-    event._state.adding, event._state.db = False, alias
-    return event
 
 
 def record(
@@ -379,19 +351,18 @@ def record(
     details_json = details_text(details)
     pre_hash, post_hash = state_hash(pre), state_hash(post)
     request_id, client_ip = _validated_context()
-
+    fields = {
+        "user_id": user_id,
+        "action": action,
+        "resource": resource,
+        "pre_hash": pre_hash,
+        "post_hash": post_hash,
+        "request_id": request_id,
+        "client_ip": client_ip,
+        "details": details_json,
+    }
     if connections[alias].vendor == "postgresql":
-        return _append_postgresql(
-            alias,
-            user_id,
-            action,
-            resource,
-            pre_hash,
-            post_hash,
-            request_id,
-            client_ip,
-            details_json,
-        )
+        return _append_postgresql(alias, fields)
     head = _locked_head(alias)
     seq, prev_digest, ts = 1, GENESIS_DIGEST, timezone.now()
     if head is not None:
@@ -399,33 +370,7 @@ def record(
         # Time never runs backwards along the chain (clock steps, several hosts), so "the
         # day's head" for the daily digest is well defined.
         ts = max(ts, head[2])
-    fields = dict(
-        seq=seq,
-        prev_digest=prev_digest,
-        ts=ts,
-        user_id=user_id,
-        action=action,
-        resource=resource,
-        pre_hash=pre_hash,
-        post_hash=post_hash,
-        request_id=request_id,
-        client_ip=client_ip,
-        details_json=details_json,
-    )
-    event = AuditEvent(
-        seq=seq,
-        timestamp=ts,
-        user_id=user_id,
-        action=action,
-        resource=resource,
-        pre_hash=pre_hash,
-        post_hash=post_hash,
-        request_id=request_id,
-        client_ip=client_ip,
-        details_json=details_json,
-        prev_digest=prev_digest,
-        digest=compute_digest(**fields),
-    )
+    event = _chained_event(seq, prev_digest, ts, fields)
     event.save(force_insert=True, using=alias)
     return event
 

@@ -12,41 +12,15 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from apps.audit.filtersets import AuditEventFilterForm
-from apps.audit.models import AuditEvent
+from apps.audit.models import EVENT_COLUMNS, EVENT_FIELDS, AuditEvent
 from apps.audit.services import last_check
 from apps.core.access import roles
 from apps.core.htmx import render_page
 from apps.core.roles import AUDITOR, PRIVACY
 
 PAGE_SIZE = 50
-CSV_COLUMNS = (
-    "seq",
-    "timestamp",
-    "user_id",
-    "action",
-    "resource",
-    "pre_hash",
-    "post_hash",
-    "request_id",
-    "client_ip",
-    "details_json",
-    "prev_digest",
-    "digest",
-)
-CSV_HEADER = (
-    "seq",
-    "timestamp",
-    "user_id",
-    "action",
-    "resource",
-    "pre_hash",
-    "post_hash",
-    "request_id",
-    "client_ip",
-    "details",
-    "prev_digest",
-    "digest",
-)
+CSV_COLUMNS = EVENT_COLUMNS
+CSV_HEADER = EVENT_FIELDS
 
 
 def _filtered(request: HttpRequest) -> tuple[AuditEventFilterForm, Any]:
