@@ -12,33 +12,10 @@ from pathlib import Path
 import pytest
 
 from apps.jobs import services
-from apps.jobs.models import Attempt, AttemptState, RunState, TrainingRun
+from apps.jobs.models import AttemptState, RunState
+from tests.jobs.waiting import wait_for_attempt, wait_for_run
 
 pytestmark = pytest.mark.django_db
-
-
-def wait_for_run(run: TrainingRun, *states: str, timeout: float = 60) -> TrainingRun:
-    deadline = time.monotonic() + timeout
-    while True:
-        services.reconcile()
-        run.refresh_from_db()
-        if run.state in states or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
-    assert run.state in states, (run.state, list(run.attempts.values("state", "error")))
-    return run
-
-
-def wait_for_attempt(attempt: Attempt, predicate, timeout: float = 60) -> Attempt:
-    deadline = time.monotonic() + timeout
-    while True:
-        services.reconcile()
-        attempt.refresh_from_db()
-        if predicate(attempt) or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
-    assert predicate(attempt), (attempt.state, attempt.restarts)
-    return attempt
 
 
 @pytest.fixture

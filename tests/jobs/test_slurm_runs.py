@@ -20,6 +20,7 @@ import pytest
 from apps.jobs import services
 from apps.jobs.models import Attempt, AttemptState, RunState, TrainingRun
 from tests.conftest import require_service
+from tests.jobs.waiting import wait_for_attempt, wait_for_run
 
 pytestmark = [pytest.mark.slurm, pytest.mark.django_db]
 
@@ -52,30 +53,6 @@ def slurm_runs(settings, tiny_template):
     settings.JOBS_METRICS_PORT = 0
     yield root
     shutil.rmtree(root, ignore_errors=True)
-
-
-def wait_for_run(run: TrainingRun, *states: str, timeout: float = 90) -> TrainingRun:
-    deadline = time.monotonic() + timeout
-    while True:
-        services.reconcile()
-        run.refresh_from_db()
-        if run.state in states or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert run.state in states, (run.state, list(run.attempts.values("state", "reason", "error")))
-    return run
-
-
-def wait_for_attempt(attempt: Attempt, predicate, timeout: float = 90) -> Attempt:
-    deadline = time.monotonic() + timeout
-    while True:
-        services.reconcile()
-        attempt.refresh_from_db()
-        if predicate(attempt) or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert predicate(attempt), (attempt.state, attempt.restarts, attempt.reason)
-    return attempt
 
 
 def launch(make_spec, operator, run_tasks, **kw) -> TrainingRun:
