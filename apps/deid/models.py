@@ -10,7 +10,7 @@ from __future__ import annotations
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
-from apps.core.models import TimeStampedModel
+from apps.core.models import TrackedWork
 from apps.inventory.models import IngestBatch, RawFile
 
 
@@ -39,20 +39,13 @@ class ProfileVersion(models.Model):
         return f"{self.name} v{self.version}"
 
 
-class DeidRun(TimeStampedModel):
+class DeidRun(TrackedWork):
     """One pass of the engine with one profile over one ingest batch.
 
     Resumable and idempotent: re-running skips files whose result for the same input hash
     and profile fingerprint is already stored. ``released_at`` is set only by
     ``apps.review.services`` when the review gate passes; datasets pack only released runs.
     """
-
-    class Status(models.TextChoices):
-        PENDING = "pending", _("Pending")
-        RUNNING = "running", _("Running")
-        DONE = "done", _("Done")
-        FAILED = "failed", _("Failed")
-        CANCELLED = "cancelled", _("Cancelled")
 
     batch = models.ForeignKey(IngestBatch, on_delete=models.PROTECT, related_name="deid_runs")
     profile = models.JSONField(default=dict)  # the engine profile's canonical settings
@@ -69,18 +62,13 @@ class DeidRun(TimeStampedModel):
     ocr_mode = models.CharField(max_length=10, blank=True)
     # ProjectKey.fingerprint(): outputs of two runs are interchangeable only under one key.
     key_fingerprint = models.CharField(max_length=32, blank=True)
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     files_total = models.IntegerField(default=0)
     files_done = models.IntegerField(default=0)
     files_ok = models.IntegerField(default=0)
     files_quarantined = models.IntegerField(default=0)
     files_error = models.IntegerField(default=0)
     output_root = models.CharField(max_length=500, blank=True)
-    error = models.CharField(max_length=300, blank=True)
     cancel_requested = models.BooleanField(default=False)
-    created_by_id = models.BigIntegerField(null=True, blank=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
     released_at = models.DateTimeField(null=True, blank=True)
     released_by_id = models.BigIntegerField(null=True, blank=True)
     # Touched after every file by the worker holding the run; a RUNNING run whose heartbeat

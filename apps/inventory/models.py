@@ -10,7 +10,7 @@ from __future__ import annotations
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
-from apps.core.models import TimeStampedModel
+from apps.core.models import TimeStampedModel, TrackedWork
 
 
 class DataKind(models.TextChoices):
@@ -68,18 +68,10 @@ class DataSource(TimeStampedModel):
         return self.source
 
 
-class IngestBatch(TimeStampedModel):
+class IngestBatch(TrackedWork):
     """One scan of a source's raw root: the files found, with their hashes."""
 
-    class Status(models.TextChoices):
-        PENDING = "pending", _("Pending")
-        RUNNING = "running", _("Running")
-        DONE = "done", _("Done")
-        FAILED = "failed", _("Failed")
-        CANCELLED = "cancelled", _("Cancelled")
-
     source = models.ForeignKey(DataSource, on_delete=models.PROTECT, related_name="batches")
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     files_total = models.IntegerField(default=0)
     files_done = models.IntegerField(default=0)
     bytes_total = models.BigIntegerField(default=0)
@@ -87,10 +79,6 @@ class IngestBatch(TimeStampedModel):
     # the root, unreadable directory entries); both count toward files_done.
     files_skipped = models.IntegerField(default=0)
     files_refused = models.IntegerField(default=0)
-    error = models.CharField(max_length=300, blank=True)
-    created_by_id = models.BigIntegerField(null=True, blank=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created"]
