@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from functools import lru_cache
 from typing import Any
 
 import pydicom
@@ -367,6 +368,24 @@ def _map_values(elem: DataElement, fn: Callable[[str], str]) -> None:
         elem.value = fn(str(v))
 
 
+@dataclass
+class DicomOutput:
+    """One de-identified file: the bytes and what was done (counts only, never values)."""
+
+    output: bytes
+    pseudonym: str
+    actions: Counter[str]
+    findings: Counter[str]
+    path: str  # "fast" (byte-level rewrite) or "reference" (pydicom walk)
+
+
+@lru_cache(maxsize=32)
+def _action_table(profile: DeidProfile) -> dict[int, str | None]:
+    """Per profile, tag -> resolved action (None outside the table); filled as tags are met,
+    so the table and the options are interpreted once per tag and profile, not per element."""
+    return {}
+
+
 class DicomDeidentifier:
     """Applies a :class:`DeidProfile` to datasets; holds the key, the text engine, the vault."""
 
@@ -381,6 +400,18 @@ class DicomDeidentifier:
         self.profile = profile or DeidProfile()
         self.vault = vault
         self.text = TextDeidentifier(key, self.profile.text)
+        self._actions = _action_table(self.profile)
+
+    def _action(self, tag: int) -> str | None:
+        """The resolved Table E.1-1 action for a public ``tag`` under this profile."""
+        try:
+            return self._actions[tag]
+        except KeyError:
+            rule = rule_for(tag)
+            action = resolve_action(rule, self.profile) if rule is not None else None
+            if len(self._actions) < 65536:  # unknown tags in hostile files must not grow it
+                self._actions[tag] = action
+            return action
 
     # --------------------------------------------------------------------------------------
     def _uid(self, value: str) -> str:
@@ -540,8 +571,7 @@ class DicomDeidentifier:
             if tag.is_private:
                 self._private(w, ds, tag, keep_creators)
                 continue
-            rule = rule_for(int(tag))
-            action = resolve_action(rule, self.profile) if rule is not None else None
+            action = self._action(int(tag))
             if action == "X":
                 w.actions["X"] += 1
                 del ds[tag]
@@ -567,6 +597,64 @@ class DicomDeidentifier:
                 del ds[t]
 
     # --------------------------------------------------------------------------------------
+    def deidentify_bytes(
+        self, data: bytes, *, pixel_cleaner: Any = None, fast: bool = True
+    ) -> DicomOutput:
+        """De-identify one file's bytes; raises :class:`DeidError` for input that cannot be
+        made safe. The byte-level rewrite (:mod:`.dicom_fast`) serves the files it can
+        reproduce exactly; every other file takes the pydicom walk (``fast=False`` forces it)."""
+        if fast:
+            from .dicom_fast import Fallback, rewrite
+
+            try:
+                out, w, pseudonym, pixel_actions = rewrite(self, data, pixel_cleaner=pixel_cleaner)
+            except Fallback:
+                pass
+            else:
+                actions = Counter(pixel_actions)
+                actions.update(w.actions)
+                return DicomOutput(out, pseudonym, actions, w.findings, "fast")
+        return self._deidentify_reference(data, pixel_cleaner)
+
+    def _deidentify_reference(self, data: bytes, pixel_cleaner: Any) -> DicomOutput:
+        profile = self.profile
+        ds = read_dicom(data)
+        meta = getattr(ds, "file_meta", None)
+        if meta is not None and str(meta.get("MediaStorageSOPClassUID", "")) == _DICOMDIR_CLASS:
+            raise UnsupportedInputError("DICOMDIR index files are not released", reason="dicomdir")
+        if "EncapsulatedDocument" in ds:
+            # An embedded PDF/CDA carries its own (often compressed) text that no header rule
+            # reaches; it needs a document de-identifier, not a pass-through.
+            raise UnsupportedInputError(
+                "encapsulated document (PDF/CDA/STL) cannot be cleaned",
+                reason="encapsulated_document",
+            )
+        ctx = patient_context(ds, self.key)
+        actions: Counter[str] = Counter()
+        findings: Counter[str] = Counter()
+        pixels_cleaned = False
+        if pixel_cleaner is not None:
+            report = pixel_cleaner.clean_dataset(ds, context=ctx)
+            actions.update(report.actions)
+            findings.update(report.findings)
+            pixels_cleaned = report.changed
+        elif _needs_ocr(ds, profile) and profile.ocr.require_ocr:
+            raise UnsafeOutputError(
+                "burned-in text suspected and no OCR configured", reason="ocr_required"
+            )
+        w, pseudonym = self.deidentify_dataset(ds, pixels_cleaned=pixels_cleaned, context=ctx)
+        out = write_dicom(ds)
+        residual = find_residual(ds, out, w.ctx)
+        if residual:
+            raise UnsafeOutputError(
+                f"identifier still present in {len(residual)} element(s): "
+                + ",".join(residual[:5]),
+                reason="residual_identifier",
+            )
+        actions.update(w.actions)
+        findings.update(w.findings)
+        return DicomOutput(out, pseudonym, actions, findings, "reference")
+
     def deidentify_dataset(
         self, ds: Dataset, *, pixels_cleaned: bool = False, context: PatientContext | None = None
     ) -> tuple[_Walk, str]:
@@ -656,6 +744,9 @@ def write_dicom(ds: Dataset, *, original: Dataset | None = None) -> bytes:
     for t in (0x00020016, 0x00020100, 0x00020102):  # source AE title, private info
         if t in meta:
             del meta[t]
+    # The preamble is free for applications (a TIFF header in dual-personality files) and
+    # nothing here checks what it says: always write 128 zero bytes.
+    ds.preamble = None
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -704,6 +795,14 @@ def find_residual(ds: Dataset, out: bytes, ctx: PatientContext) -> list[str]:
             k = out.find(pixels)
             if k > 0:
                 head = out[:k] + out[k + len(pixels) :]
+    hits.extend(raw_identifier_hits(values, head))
+    return hits
+
+
+def raw_identifier_hits(values: list[str], head: bytes) -> list[str]:
+    """``raw:<codec>`` for each identifier found in the encoded bytes ``head`` (the output
+    outside the pixel data) in any encoding a value could take."""
+    hits: list[str] = []
     head_lower = head.lower()
     for v in values:
         if v.isascii() and v.isalnum() and v.isdigit():
@@ -735,47 +834,19 @@ def deidentify_dicom(
     profile = profile or DeidProfile()
     result = FileResult(kind="dicom", input_sha256=sha256(data), profile=profile.fingerprint())
     try:
-        ds = read_dicom(data)
-        meta = getattr(ds, "file_meta", None)
-        if meta is not None and str(meta.get("MediaStorageSOPClassUID", "")) == _DICOMDIR_CLASS:
-            raise UnsupportedInputError("DICOMDIR index files are not released", reason="dicomdir")
-        if "EncapsulatedDocument" in ds:
-            # An embedded PDF/CDA carries its own (often compressed) text that no header rule
-            # reaches; it needs a document de-identifier, not a pass-through.
-            raise UnsupportedInputError(
-                "encapsulated document (PDF/CDA/STL) cannot be cleaned",
-                reason="encapsulated_document",
-            )
-        deid = DicomDeidentifier(key, profile, vault=vault)
-        ctx = patient_context(ds, key)
-        pixels_cleaned = False
-        if pixel_cleaner is not None:
-            report = pixel_cleaner.clean_dataset(ds, context=ctx)
-            result.actions.update(report.actions)
-            result.findings.update(report.findings)
-            pixels_cleaned = report.changed
-        elif _needs_ocr(ds, profile) and profile.ocr.require_ocr:
-            raise UnsafeOutputError(
-                "burned-in text suspected and no OCR configured", reason="ocr_required"
-            )
-        w, pseudonym = deid.deidentify_dataset(ds, pixels_cleaned=pixels_cleaned, context=ctx)
-        out = write_dicom(ds)
-        residual = find_residual(ds, out, w.ctx)
-        if residual:
-            raise UnsafeOutputError(
-                f"identifier still present in {len(residual)} element(s): "
-                + ",".join(residual[:5]),
-                reason="residual_identifier",
-            )
-        result.actions.update(w.actions)
-        result.findings.update(w.findings)
-        result.output = out
-        result.patient_pseudonym = pseudonym
-        result.status = OK
+        done = DicomDeidentifier(key, profile, vault=vault).deidentify_bytes(
+            data, pixel_cleaner=pixel_cleaner
+        )
     except DeidError as exc:
         result.status = QUARANTINED
         result.reason = str(exc)
         result.output = None
+        return result
+    result.actions.update(done.actions)
+    result.findings.update(done.findings)
+    result.output = done.output
+    result.patient_pseudonym = done.pseudonym
+    result.status = OK
     return result
 
 

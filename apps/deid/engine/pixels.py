@@ -126,15 +126,36 @@ def _bands_changed(a: np.ndarray, b: np.ndarray) -> bool:
 def needs_ocr(ds: Dataset, settings: OcrSettings) -> bool:
     """OCR when the header says there is burned-in text, the modality usually has it, or the
     image is a colour secondary capture / screenshot."""
-    if "PixelData" not in ds or not settings.enabled:
+    image_type = ds.get("ImageType") or []
+    if isinstance(image_type, str):
+        image_type = image_type.split("\\")  # a single value, not its characters
+    return needs_ocr_values(
+        "PixelData" in ds,
+        str(ds.get("BurnedInAnnotation", "")),
+        str(ds.get("Modality", "")),
+        [str(v) for v in image_type],
+        int(ds.get("SamplesPerPixel", 1)),
+        settings,
+    )
+
+
+def needs_ocr_values(
+    has_pixels: bool,
+    burned_in: str,
+    modality: str,
+    image_type: list[str],
+    samples_per_pixel: int,
+    settings: OcrSettings,
+) -> bool:
+    """:func:`needs_ocr` on header values already read (the byte-level DICOM path)."""
+    if not has_pixels or not settings.enabled:
         return False
-    if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+    if burned_in.strip().upper() == "YES":
         return True
-    if str(ds.get("Modality", "")).upper() in settings.modalities:
+    if modality.strip().upper() in settings.modalities:
         return True
-    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
-    return int(ds.get("SamplesPerPixel", 1)) == 3 and any(
-        v in ("SECONDARY", "SCREEN", "SCREENSHOT") for v in image_type
+    return samples_per_pixel == 3 and any(
+        v.strip().upper() in ("SECONDARY", "SCREEN", "SCREENSHOT") for v in image_type
     )
 
 
