@@ -4,8 +4,11 @@ Django-free on purpose (plain dataclasses in, ``trainer.data.shards.Sample`` out
 grouping and the readers are tested without a database and a benchmark can drive them alone.
 Everything here is deterministic: the same files give the same samples, byte for byte.
 
-Readers: DICOM through pydicom (rescaled to modality units, int16, or uint8 colour), EDF/EDF+
-and WFDB (formats 16, 212 and 80) in small numpy readers, text as UTF-8.
+DICOM files are not decoded here: they go into the shard byte for byte (the writer copies
+them, checking each against its recorded sha256) and the trainer's reader decodes them
+(``trainer.data.dicom``). The packer only reads each file's preamble and file meta group, to
+skip what is not DICOM Part 10 or needs a codec the reader may lack. EDF/EDF+ and WFDB
+(formats 16, 212 and 80) are read by small numpy readers into ``wav.npy``; text as UTF-8.
 """
 
 from __future__ import annotations
@@ -21,17 +24,26 @@ from typing import Any
 
 import numpy as np
 
-from trainer.data.shards import Sample
+from trainer.data.shards import DicomFile, Sample
 
-PACKER = "medctl-pack/1"
+PACKER = "medctl-pack/2"
 SAMPLE_KEY_PREFIX = "s"
 
 IMAGE_KINDS = frozenset({"dicom"})
 TEXT_KINDS = frozenset({"text"})
 WAVE_KINDS = frozenset({"edf", "wfdb_header"})
 COMPANION_KINDS = frozenset({"wfdb_signal"})  # packed through their header's record
-# Default display windows [center, width] when a DICOM carries none (modality units).
-DEFAULT_WINDOWS = {"CT": [40.0, 400.0]}
+# Transfer syntaxes pydicom decodes without a codec package (the reader's environment may have
+# none): uncompressed, deflated and RLE.
+PLAIN_TRANSFER_SYNTAXES = frozenset(
+    {
+        "1.2.840.10008.1.2",  # implicit VR little endian
+        "1.2.840.10008.1.2.1",  # explicit VR little endian
+        "1.2.840.10008.1.2.1.99",  # deflated explicit VR little endian
+        "1.2.840.10008.1.2.2",  # explicit VR big endian (retired)
+        "1.2.840.10008.1.2.5",  # RLE lossless (pydicom's numpy decoder)
+    }
+)
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 
 
@@ -160,127 +172,44 @@ def plan_samples(files: Iterable[SourceFile]) -> tuple[list[PlannedSample], dict
 
 # --- DICOM ---------------------------------------------------------------------------------
 
-
-def _float_list(value: Any) -> list[float]:
-    if value is None:
-        return []
-    try:
-        return [float(v) for v in value]
-    except TypeError:
-        return [float(value)]
+_META_PREFIX = 8 << 10  # preamble + file meta group; the group is a few hundred bytes
 
 
-def _first(value: Any) -> float | None:
-    values = _float_list(value)
-    return values[0] if values else None
+def transfer_syntax(head: bytes) -> str | None:
+    """The transfer syntax UID in the file meta group of a DICOM Part 10 file's first bytes,
+    else None (no ``DICM`` magic, or no (0002,0010) element in ``head``).
 
-
-def to_int16_units(stored: np.ndarray, slope: float, intercept: float) -> np.ndarray:
-    """Stored values -> modality units (HU for CT) as int16, the range CT/MR values fit in.
-
-    The common case (slope 1, whole-number intercept) stays in integer arithmetic, which is
-    exact and several times faster than the float path that other slopes need.
+    The file meta group is always explicit VR little endian, so a short walk finds it.
     """
-    if slope == 1.0 and float(intercept).is_integer():
-        out = stored.astype(np.int32)
-        out += int(intercept)
-    else:
-        out = np.rint(stored.astype(np.float64) * slope + intercept)
-    return np.clip(out, -32768, 32767).astype(np.int16)
+    if head[128:132] != b"DICM":
+        return None
+    pos = 132
+    while pos + 8 <= len(head):
+        group, element = int.from_bytes(head[pos : pos + 2], "little"), head[pos + 2 : pos + 4]
+        if group != 2:
+            return None
+        vr = head[pos + 4 : pos + 6]
+        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
+            length, pos = int.from_bytes(head[pos + 8 : pos + 12], "little"), pos + 12
+        else:
+            length, pos = int.from_bytes(head[pos + 6 : pos + 8], "little"), pos + 8
+        if element == b"\x10\x00":  # (0002,0010) TransferSyntaxUID
+            return head[pos : pos + length].rstrip(b"\x00 ").decode("ascii", "replace")
+        pos += length
+    return None
 
 
-@dataclass
-class _Slice:
-    series: str
-    modality: str
-    order: tuple[float, float, str]
-    pixels: np.ndarray  # [frames, R, C] or [frames, R, C, 3]
-    spacing: list[float]
-    slice_thickness: float | None
-    slope: float
-    intercept: float
-    window: list[float] | None
-    colour: bool
-    source: SourceFile
-
-
-def read_dicom(f: SourceFile) -> _Slice:
-    """One de-identified DICOM file as rescaled frames."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(str(f.path))
-        raw = ds.pixel_array
-    except Exception as exc:
-        raise PackError(
-            f"{f.relpath}: DICOM pixels unreadable ({type(exc).__name__})", "dicom_unreadable"
-        ) from None
-    samples_per_pixel = int(getattr(ds, "SamplesPerPixel", 1) or 1)
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    colour = samples_per_pixel == 3
-    if colour:
-        pixels = raw if raw.ndim == 4 else raw[None]
-        pixels = np.clip(pixels, 0, 255).astype(np.uint8)
-        slope, intercept = 1.0, 0.0
-    else:
-        pixels = raw if (raw.ndim == 3 and frames > 1) else raw.reshape((1, *raw.shape[-2:]))
-        slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-        intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
-        pixels = to_int16_units(pixels, slope, intercept)
-    position = _float_list(getattr(ds, "ImagePositionPatient", None))
-    instance = getattr(ds, "InstanceNumber", None)
-    order = (
-        float(instance) if instance is not None else float("inf"),
-        position[2] if len(position) == 3 else 0.0,
-        f.relpath,
-    )
-    modality = str(getattr(ds, "Modality", "") or f.modality or "OT")
-    center, width = (
-        _first(getattr(ds, "WindowCenter", None)),
-        _first(getattr(ds, "WindowWidth", None)),
-    )
-    window = [center, width] if center is not None and width else DEFAULT_WINDOWS.get(modality)
-    return _Slice(
-        series=str(getattr(ds, "SeriesInstanceUID", "") or ""),
-        modality=modality,
-        order=order,
-        pixels=pixels,
-        spacing=_float_list(getattr(ds, "PixelSpacing", None)),
-        slice_thickness=_first(getattr(ds, "SliceThickness", None)),
-        slope=slope,
-        intercept=intercept,
-        window=[float(w) for w in window] if window else None,
-        colour=colour,
-        source=f,
-    )
-
-
-def image_stacks(files: list[SourceFile]) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
-    """Slices grouped by series (then by frame shape), sorted by InstanceNumber, position
-    and path; returns the stacks and their metadata records."""
-    series: dict[tuple[str, str, tuple[int, ...], bool], list[_Slice]] = defaultdict(list)
-    for f in files:
-        s = read_dicom(f)
-        series[(s.series, s.modality, tuple(s.pixels.shape[1:]), s.colour)].append(s)
-    stacks, records = [], []
-    for group_key in sorted(series, key=lambda k: (k[0], k[1], k[2], k[3])):
-        slices = sorted(series[group_key], key=lambda s: s.order)
-        stack = np.concatenate([s.pixels for s in slices], axis=0)
-        first = slices[0]
-        stacks.append(np.ascontiguousarray(stack))
-        records.append(
-            {
-                "modality": first.modality,
-                "shape": list(stack.shape),
-                "dtype": str(stack.dtype),
-                # [row, column, slice] in mm; slice spacing from the thickness when given.
-                "spacing": [*first.spacing[:2], first.slice_thickness] if first.spacing else None,
-                "rescale": {"slope": first.slope, "intercept": first.intercept, "applied": True},
-                "window": first.window,
-                "sources": [s.source.output_sha256 for s in slices],
-            }
-        )
-    return stacks, records
+def check_dicom(f: SourceFile) -> DicomFile:
+    """``f`` as a file for the writer to copy, once its first bytes show DICOM Part 10 in a
+    transfer syntax the reader decodes without codecs; the writer checks its sha256."""
+    with open(f.path, "rb") as fh:
+        head = fh.read(_META_PREFIX)
+    syntax = transfer_syntax(head)
+    if syntax is None:
+        raise PackError(f"{f.relpath}: not a DICOM Part 10 file", "dicom_unreadable")
+    if syntax not in PLAIN_TRANSFER_SYNTAXES:
+        raise PackError(f"{f.relpath}: compressed transfer syntax", "dicom_compressed")
+    return DicomFile(path=f.path, sha256=f.output_sha256, label=f"de-id result {f.result_id}")
 
 
 # --- waveforms -----------------------------------------------------------------------------
@@ -480,7 +409,7 @@ def build_sample(planned: PlannedSample) -> tuple[list[Sample], int]:
     first (by path) in the main sample and each further one in a follow-on sample
     ``<key>-w<n>`` with the same patient and study metadata.
     """
-    stacks, image_records = image_stacks(planned.images) if planned.images else ([], [])
+    dicom = [check_dicom(f) for f in planned.images]
     text = "\n\n".join(read_text(f) for f in planned.texts) if planned.texts else None
     waves = [read_waveform(f) for f in planned.waves]
     profiles = sorted({f.profile for f in planned.files if f.profile})
@@ -494,9 +423,7 @@ def build_sample(planned: PlannedSample) -> tuple[list[Sample], int]:
         }
 
     main_files = [*planned.images, *planned.texts]
-    main = Sample(key=planned.key, text=text, images=stacks)
-    if image_records:
-        main.meta["images"] = image_records
+    main = Sample(key=planned.key, text=text, dicom=dicom)
     if waves:
         wave, wave_meta = waves[0]
         main.wave = wave

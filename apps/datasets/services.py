@@ -6,7 +6,8 @@ with its audit event (ids and hashes only); side effects (the packing task) are 
 call these functions.
 
 Packing reads only released de-identified outputs (``DeidRun.released_at`` is set by the
-review gate), re-hashes each against the hash the de-id run recorded, and writes through the
+review gate), re-hashes each against the hash the de-id run recorded (DICOM files as the
+writer copies them, the others before packing starts), and writes through the
 trainer's ``ShardWriter`` (the one implementation of the shard format) into a temporary folder
 that is renamed into place once complete.
 """
@@ -338,9 +339,17 @@ def _output_path(result: DeidFileResult) -> Path:
 
 
 def _check_output(f: packing.SourceFile) -> None:
-    """Released bytes must be the bytes the de-id run recorded: anything else is refused."""
+    """Released bytes must be the bytes the de-id run recorded: anything else is refused.
+
+    DICOM files are only checked to exist here: the writer hashes them as it copies them into
+    the shard (one read) and refuses any that differ (``DicomFile``).
+    """
     if not f.path.is_file():
         raise DatasetError(f"de-id result {f.result_id}: output file is missing")
+    if f.kind in packing.IMAGE_KINDS:
+        if not f.output_sha256:
+            raise DatasetError(f"de-id result {f.result_id}: no recorded sha256")
+        return
     if not f.output_sha256 or sha256_file(f.path) != f.output_sha256:
         raise DatasetError(
             f"de-id result {f.result_id}: output file does not match its recorded sha256"
@@ -414,8 +423,11 @@ def _write(
                 logger.warning("sample %s skipped: %s", plan.key, reason)
                 skipped[reason] = skipped.get(reason, 0) + len(plan.files)
                 continue
-            for sample in samples:
-                writer.write(sample)
+            try:
+                for sample in samples:
+                    writer.write(sample)
+            except ShardFormatError as exc:  # a DICOM file changed since its de-id run
+                raise DatasetError(str(exc)) from None
             tokens += text_tokens
             for f in plan.files:
                 key, member = packing.member_of(plan, f)

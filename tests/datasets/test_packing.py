@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -69,13 +70,31 @@ def test_it_reads_edf_and_wfdb_waveforms_as_float32_channels_by_samples(built, w
 
 def test_its_metadata_record_carries_profile_and_source_hashes_but_no_paths(built, world):
     a = _by_patient(_samples(built))["P-AAAA"]
-    assert a.meta["format_version"] == 1
+    assert a.meta["format_version"] == 2
     assert a.meta["deid_profile"] == "profile-test-1"
     expected = sorted(
         world.results[k].output_sha256 for k in ("a_ct1", "a_ct2", "a_ct3", "a_report", "a_ecg")
     )
     assert a.meta["sources"] == expected
     assert "P-AAAA/" not in json.dumps(a.meta)  # no output paths
+
+
+def test_it_stores_the_released_dicom_bytes_as_they_are_in_path_order(built, world):
+    reader = ShardReader(built.root)
+    try:
+        i = next(i for i in range(len(reader)) if reader[i].meta["patient"] == "P-AAAA")
+        root = Path(world.run.output_root)
+        for n, name in enumerate(("a_ct1", "a_ct2", "a_ct3")):  # 001.dcm, 002.dcm, 003.dcm
+            result = world.results[name]
+            assert (
+                reader.read_member(i, f"{n:04d}.dcm") == (root / result.output_relpath).read_bytes()
+            )
+            assert reader[i].meta["dicom"][n] == result.output_sha256
+        assert (
+            reader.read_member(i, "0003.dcm") is None and reader.read_member(i, "img.npy") is None
+        )
+    finally:
+        reader.close()
 
 
 def test_it_keys_samples_by_a_pseudonymous_stable_id(built):
@@ -142,14 +161,11 @@ def test_the_index_reads_every_sample_back_exactly(built):
             sample = reader[i]
             again = reader[i]
             assert sample.meta == again.meta
-            for ext in ("json", "txt", "img.npy", "wav.npy"):
-                data = reader.read_member(i, ext)
-                if data is not None:
-                    number, members = reader.locations[i]
-                    offset, length = members[ext]
-                    with open(Path(built.root) / reader.shard_names[number], "rb") as fh:
-                        fh.seek(offset)
-                        assert fh.read(length) == data
+            number, members = reader.locations[i]
+            with tarfile.open(Path(built.root) / reader.shard_names[number]) as tar:
+                for ext in members:
+                    member = tar.extractfile(f"{reader.keys[i]}.{ext}")
+                    assert reader.read_member(i, ext) == member.read(), ext
     finally:
         reader.close()
 
@@ -183,6 +199,20 @@ def test_it_fails_the_build_when_a_released_output_changed_after_release(world):
     version = services.build_version("t", [world.run], target_shard_mb=1, acting_user=None)
     assert version.status == "failed"
     assert f"de-id result {world.results['a_report'].pk}" in version.error
+    assert not Path(version.root).exists()
+    assert not list(Path(version.root).parent.glob(".*partial"))
+
+
+def test_it_fails_the_build_when_a_released_dicom_changed_after_release(world):
+    path = Path(world.run.output_root) / world.results["b_mr2"].output_relpath
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1  # one pixel bit: the DICOM still parses, only the hash can tell
+    path.write_bytes(bytes(data))
+    version = services.build_version("t", [world.run], target_shard_mb=1, acting_user=None)
+    assert version.status == "failed"
+    assert version.error == (
+        f"de-id result {world.results['b_mr2'].pk}: file does not match its recorded sha256"
+    )
     assert not Path(version.root).exists()
     assert not list(Path(version.root).parent.glob(".*partial"))
 
@@ -280,6 +310,31 @@ def test_an_unreadable_released_file_costs_its_sample_and_is_counted(world, fact
     version = services.build_version("u", [run], target_shard_mb=1, acting_user=None)
     assert version.status == "ready" and version.sample_count == 3
     assert version.skipped["dicom_unreadable"] == 1
+    assert not DatasetMember.objects.filter(raw_file=raw).exists()
+
+
+def test_a_compressed_dicom_costs_its_sample_and_is_counted(world, factories):
+    import io
+
+    from pydicom import dcmread
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    plain = factories.dicom_bytes(np.ones((4, 4)), study="9", series="1", instance=1, z=0.0)
+    ds = dcmread(io.BytesIO(plain))
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless  # needs a codec package to decode
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51 not decoded at packing"])
+    ds["PixelData"].VR, ds["PixelData"].is_undefined_length = "OB", True
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    data = buf.getvalue()
+    raw = factories.make_raw(world.batch, "raw/jpeg.dcm", "dicom")
+    factories.add_result(
+        world.run, raw, "P-DDDD/jpeg.dcm", data, kind="dicom", pseudonym="P-DDDD", study_key="d"
+    )
+    version = services.build_version("j", [world.run], target_shard_mb=1, acting_user=None)
+    assert version.status == "ready" and version.sample_count == 3
+    assert version.skipped["dicom_compressed"] == 1
     assert not DatasetMember.objects.filter(raw_file=raw).exists()
 
 

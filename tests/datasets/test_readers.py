@@ -99,8 +99,8 @@ def test_sample_keys_are_stable_and_pseudonymous():
     assert "abc" not in key and len(key) == 25
 
 
-def test_rescaling_to_int16_units_is_exact_and_clips():
-    stored = np.array([0, 1024, 40000], dtype=np.uint16)
-    np.testing.assert_array_equal(packing.to_int16_units(stored, 1.0, -1024.0), [-1024, 0, 32767])
-    np.testing.assert_array_equal(packing.to_int16_units(stored, 0.5, 0.0), [0, 512, 20000])
-    assert packing.to_int16_units(stored, 1.0, -1024.0).dtype == np.int16
+def test_the_transfer_syntax_is_read_from_the_file_meta_group(factories):
+    data = factories.dicom_bytes(np.zeros((2, 2)), study="1", series="1", instance=1, z=0.0)
+    assert packing.transfer_syntax(data[:1024]) == "1.2.840.10008.1.2.1"
+    assert packing.transfer_syntax(b"DICM but not really") is None
+    assert packing.transfer_syntax(data[:140]) is None  # cut short before the element

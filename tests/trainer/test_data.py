@@ -14,8 +14,9 @@ import webdataset as wds
 from trainer.config import load_config
 from trainer.data.batching import IGNORE_INDEX, BatchLoader, Collator, normalise_image
 from trainer.data.cache import ShardCache
+from trainer.data.dicom import to_int16_units
 from trainer.data.sampler import ResumableSampler
-from trainer.data.shards import Sample, ShardFormatError, ShardReader, ShardWriter
+from trainer.data.shards import DicomFile, Sample, ShardFormatError, ShardReader, ShardWriter
 from trainer.data.tokenizer import (
     BOS_ID,
     EOS_ID,
@@ -40,7 +41,7 @@ def test_index_offsets_point_at_each_members_bytes(dataset) -> None:
 
 def test_manifest_has_sha256_per_shard_and_counts_per_modality(dataset) -> None:
     manifest = json.loads((dataset / "manifest.json").read_text())
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == 2
     assert manifest["samples"] == 64 and len(manifest["shards"]) == 4
     for shard in manifest["shards"]:
         assert hashlib.sha256((dataset / shard["name"]).read_bytes()).hexdigest() == shard["sha256"]
@@ -95,10 +96,76 @@ def test_reader_refuses_a_newer_format_version(tmp_path) -> None:
     with ShardWriter(tmp_path) as w:
         w.write(sample(0))
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    manifest["format_version"] = 2
+    manifest["format_version"] = 3
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ShardFormatError, match="format_version 2 is not readable"):
+    with pytest.raises(ShardFormatError, match="format_version 3 is not readable"):
         ShardReader(tmp_path)
+
+
+def _dicom(path, pixels, *, instance: int, intercept: float = -1024.0, series: str = "1.2.3"):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.SeriesInstanceUID, ds.Modality, ds.InstanceNumber = series, "CT", instance
+    ds.ImagePositionPatient, ds.PixelSpacing, ds.SliceThickness = [0, 0, instance], [0.5, 0.5], 1
+    ds.RescaleSlope, ds.RescaleIntercept = 1, intercept
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = pixels.astype("<u2").tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return DicomFile(path, hashlib.sha256(path.read_bytes()).hexdigest(), f"file {instance}")
+
+
+def test_dicom_members_are_copied_as_they_are_and_read_back_as_hu_stacks(tmp_path) -> None:
+    stored = np.arange(3 * 4 * 4, dtype=np.uint16).reshape(3, 4, 4) * 100
+    (tmp_path / "in").mkdir()
+    files = [_dicom(tmp_path / "in" / f"{n}.dcm", stored[n - 1], instance=n) for n in (2, 3, 1)]
+    with ShardWriter(tmp_path / "out") as w:
+        w.write(sample(0, dicom=files))
+    reader = ShardReader(tmp_path / "out", verify=True)
+    assert reader.read_member(0, "0000.dcm") == files[0].path.read_bytes()  # as given
+    got = reader[0]
+    assert got.meta["modalities"] == ["text", "image"]
+    (stack,) = got.images
+    np.testing.assert_array_equal(stack, stored.astype(np.int16) - 1024)  # instance order
+    record = got.meta["images"][0]
+    assert record["shape"] == [3, 4, 4] and record["spacing"] == [0.5, 0.5, 1.0]
+    assert record["window"] == [40.0, 400.0]  # CT default
+    assert record["sources"] == [files[2].sha256, files[0].sha256, files[1].sha256]
+    with tarfile.open(tmp_path / "out" / "shard-000000.tar") as tar:  # a plain tar
+        assert tar.getnames() == [
+            "k0000.json",
+            "k0000.txt",
+            "k0000.0000.dcm",
+            "k0000.0001.dcm",
+            "k0000.0002.dcm",
+        ]
+
+
+def test_the_writer_refuses_a_dicom_file_that_differs_from_its_sha256(tmp_path) -> None:
+    (tmp_path / "in").mkdir()
+    good = _dicom(tmp_path / "in" / "1.dcm", np.zeros((2, 2)), instance=1)
+    changed = DicomFile(good.path, "0" * 64, "de-id result 7")
+    match = "de-id result 7: file does not match"
+    with pytest.raises(ShardFormatError, match=match), ShardWriter(tmp_path / "out") as w:
+        w.write(sample(0, dicom=[changed]))
+    assert not list((tmp_path / "out").glob("*.tar*"))  # the unfinished shard is removed
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_rescaling_to_int16_units_is_exact_and_clips() -> None:
+    stored = np.array([0, 1024, 40000], dtype=np.uint16)
+    np.testing.assert_array_equal(to_int16_units(stored, 1.0, -1024.0), [-1024, 0, 32767])
+    np.testing.assert_array_equal(to_int16_units(stored, 0.5, 0.0), [0, 512, 20000])
+    assert to_int16_units(stored, 1.0, -1024.0).dtype == np.int16
 
 
 def test_verify_catches_a_corrupted_shard(tmp_path) -> None:

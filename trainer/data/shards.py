@@ -3,7 +3,8 @@
 A dataset version is a folder::
 
     shard-000000.tar ...          WebDataset tars: members <key>.json, <key>.txt,
-                                  <key>.img.npy (<key>.img1.npy ...), <key>.wav.npy
+                                  <key>.0000.dcm (<key>.0001.dcm ...), <key>.img.npy
+                                  (<key>.img1.npy ...), <key>.wav.npy
     index/shard-000000.json       {"format_version", "shard",
                                   "samples": {key: {ext: [offset, length]}}}
     manifest.json                 {"format", "format_version", "shards": [{name, sha256, bytes,
@@ -14,6 +15,15 @@ A dataset version is a folder::
 a reader seeks straight to one sample. The tars are plain USTAR files that ``webdataset``
 reads as they are. Pure Python + numpy (no torch): ``apps/datasets`` imports the writer.
 
+Format 2 added the ``.dcm`` members: de-identified DICOM files copied byte for byte, in the
+order the packer gives them, and listed in the sample's ``json`` as ``dicom`` (the source
+sha256 of member n at position n). The reader decodes them into the same int16/uint8 stacks
+(and ``meta["images"]`` records) that format 1 stored as ``img.npy`` (``trainer.data.dicom``),
+so packing copies bytes and the decoding happens once per read, in the loader's workers.
+
+The writer frames the tar itself (fixed USTAR headers: mtime 0, uid/gid 0, no names, mode
+0444) and hashes the shard as it writes it, on a helper thread, so no shard is read back.
+
 Change the format only by raising ``FORMAT_VERSION`` and keeping readers of the old one.
 """
 
@@ -23,8 +33,10 @@ import hashlib
 import io
 import json
 import os
+import queue
 import re
 import tarfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,24 +45,43 @@ from typing import Any
 import numpy as np
 
 FORMAT = "medctl-shards"
-FORMAT_VERSION = 1
-READABLE_VERSIONS = (1,)
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _KEY = re.compile(r"^[A-Za-z0-9_\-]+$")  # WebDataset splits member names at the first dot
+_DICOM = re.compile(r"^(\d+)\.dcm$")
+_CHUNK = 4 << 20  # bytes read, checked, written and hashed at a time when copying a file
+_END = tarfile.NUL * (2 * tarfile.BLOCKSIZE)  # end-of-archive marker
 
 
 class ShardFormatError(ValueError):
     """A dataset folder, shard or sample does not follow the format; the message names it."""
 
 
+@dataclass(frozen=True)
+class DicomFile:
+    """A DICOM file to copy into a shard byte for byte, pinned by its sha256: the writer hashes
+    the bytes as it copies them and refuses the file when they differ. ``label`` names the
+    file in errors (an id, never a path)."""
+
+    path: Path
+    sha256: str
+    label: str
+
+
 @dataclass
 class Sample:
-    """One study or encounter: metadata, optional report text, image stacks and waveform."""
+    """One study or encounter: metadata, optional report text, images, waveform.
+
+    Images are either arrays (``images``) or DICOM files (``dicom``, written as ``.dcm``
+    members); a sample read back has them all decoded in ``images``.
+    """
 
     key: str
     meta: dict[str, Any] = field(default_factory=dict)
     text: str | None = None
     images: list[np.ndarray] = field(default_factory=list)  # int16 [S,R,C] or uint8 [S,R,C,3]
     wave: np.ndarray | None = None  # float32 [channels, samples]
+    dicom: list[DicomFile] = field(default_factory=list)  # written as 0000.dcm, 0001.dcm, ...
 
     @property
     def modalities(self) -> list[str]:
@@ -58,7 +89,7 @@ class Sample:
         out = []
         if self.text:
             out.append("text")
-        if self.images:
+        if self.images or self.dicom:
             out.append("image")
         if self.wave is not None:
             out.append("waveform")
@@ -111,6 +142,67 @@ def _check_image(key: str, array: np.ndarray) -> None:
         )
 
 
+class _ShardHash:
+    """SHA-256 of a shard computed on a helper thread from the bytes as they are written.
+
+    hashlib releases the GIL on large buffers, so hashing the shard overlaps reading and
+    checking the next file, and the shard is never read back. Large copies go through the
+    pooled buffers of ``buffer()``, returned to the pool once hashed, so a copy allocates
+    nothing (fresh memory for every file costs page faults).
+    """
+
+    def __init__(self, buffers: int = 4) -> None:
+        self._digest = hashlib.sha256()
+        self._work: queue.SimpleQueue[tuple[bytes | bytearray, int] | None] = queue.SimpleQueue()
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        for _ in range(buffers):
+            self._free.put(bytearray(_CHUNK))
+        self._pooled = buffers
+        self._thread = threading.Thread(target=self._run, name="shard-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._work.get()) is not None:
+            data, length = item
+            if isinstance(data, bytearray):
+                self._digest.update(memoryview(data)[:length])
+                self._free.put(data)
+            else:
+                self._digest.update(data)
+
+    def buffer(self) -> bytearray:
+        """A pooled buffer of ``_CHUNK`` bytes; hand it back through ``update_pooled``."""
+        return self._free.get()
+
+    def update(self, data: bytes) -> None:
+        self._work.put((data, len(data)))
+
+    def update_pooled(self, buffer: bytearray, length: int) -> None:
+        self._work.put((buffer, length))
+
+    def release(self, buffer: bytearray) -> None:
+        """Return a pooled buffer that was not handed to ``update_pooled``."""
+        self._free.put(buffer)
+
+    def hexdigest(self) -> str:
+        self._work.put(None)
+        self._thread.join()
+        return self._digest.hexdigest()
+
+
+def _header(name: str, size: int) -> bytes:
+    """A USTAR header with nothing that varies between builds (tarfile's defaults: uid/gid 0,
+    no user or group names) but the name and size."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o444
+    info.mtime = 0  # reproducible shards: same samples, same bytes, same sha256
+    try:
+        return info.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")
+    except ValueError as exc:
+        raise ShardFormatError(f"member {name!r} cannot be a USTAR member: {exc}") from None
+
+
 class ShardWriter:
     """Writes samples into size-bounded shards, then the index files and the manifest.
 
@@ -134,8 +226,9 @@ class ShardWriter:
         self.shards: list[dict[str, Any]] = []
         self.modalities = {"text": 0, "image": 0, "waveform": 0}
         self.keys: set[str] = set()
-        self._tar: tarfile.TarFile | None = None
         self._fh: Any = None
+        self._hash: _ShardHash | None = None
+        self._offset = 0
         self._index: dict[str, dict[str, list[int]]] = {}
         self._name = ""
 
@@ -150,25 +243,66 @@ class ShardWriter:
 
     def _open(self) -> None:
         self._name = f"shard-{len(self.shards):06d}.tar"
-        self._fh = open(self.out / f".{self._name}.tmp", "wb")  # noqa: SIM115 - closed in _finish
-        self._tar = tarfile.open(  # noqa: SIM115 - closed in _finish
-            fileobj=self._fh, mode="w", format=tarfile.USTAR_FORMAT
-        )
+        tmp = self.out / f".{self._name}.tmp"
+        self._fh = open(tmp, "wb", buffering=1 << 16)  # noqa: SIM115 - closed in _finish
+        self._hash = _ShardHash()
+        self._offset = 0
         self._index = {}
 
+    def _emit(self, data: bytes) -> None:
+        assert self._hash is not None
+        self._fh.write(data)
+        self._hash.update(data)
+        self._offset += len(data)
+
+    def _pad(self, size: int) -> None:
+        if size % tarfile.BLOCKSIZE:
+            self._emit(tarfile.NUL * (tarfile.BLOCKSIZE - size % tarfile.BLOCKSIZE))
+
     def _add(self, name: str, data: bytes) -> list[int]:
-        assert self._tar is not None
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mode = 0o444
-        info.mtime = 0  # reproducible shards: same samples, same bytes, same sha256
-        header = info.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")
-        start = self._tar.offset + len(header)  # the member's bytes follow its header
-        self._tar.addfile(info, io.BytesIO(data))
+        self._emit(_header(name, len(data)))
+        start = self._offset  # the member's bytes follow its header
+        self._emit(data)
+        self._pad(len(data))
         return [start, len(data)]
 
+    def _add_file(self, name: str, source: DicomFile) -> list[int]:
+        """Copy ``source`` in: one read of each byte, checked against its pinned sha256."""
+        assert self._hash is not None
+        try:
+            src = open(source.path, "rb", buffering=0)  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise ShardFormatError(
+                f"{source.label}: file unreadable ({type(exc).__name__})"
+            ) from None
+        with src:
+            size = os.fstat(src.fileno()).st_size
+            self._emit(_header(name, size))
+            start = self._offset
+            digest = hashlib.sha256()
+            left = size
+            while left:
+                buffer = self._hash.buffer()
+                n = src.readinto(memoryview(buffer)[: min(_CHUNK, left)])
+                if not n:
+                    self._hash.release(buffer)
+                    raise ShardFormatError(f"{source.label}: file shrank while being copied")
+                chunk = memoryview(buffer)[:n]
+                digest.update(chunk)
+                self._fh.write(chunk)
+                self._hash.update_pooled(buffer, n)
+                self._offset += n
+                left -= n
+        if digest.hexdigest() != source.sha256:
+            raise ShardFormatError(f"{source.label}: file does not match its recorded sha256")
+        self._pad(size)
+        return [start, size]
+
     def write(self, sample: Sample) -> None:
-        """Append one sample; starts a new shard when the current one is full."""
+        """Append one sample; starts a new shard when the current one is full.
+
+        An error while copying a DICOM file leaves the shard unfinished: abandon the writer.
+        """
         key = sample.key
         if not _KEY.match(key):
             raise ShardFormatError(f"sample key {key!r} must match {_KEY.pattern}")
@@ -181,10 +315,12 @@ class ShardWriter:
                 f"sample {key}: waveform must be float32 [channels, samples], got "
                 f"{sample.wave.dtype} {list(sample.wave.shape)}"
             )
-        if self._tar is None:
+        if self._fh is None:
             self._open()
         meta = {"format_version": FORMAT_VERSION, **sample.meta}
         meta.setdefault("modalities", sample.modalities)
+        if sample.dicom:
+            meta["dicom"] = [f.sha256 for f in sample.dicom]
         members = {"json": json.dumps(meta, sort_keys=True).encode()}
         if sample.text:
             members["txt"] = sample.text.encode("utf-8")
@@ -192,17 +328,23 @@ class ShardWriter:
             members["img.npy" if i == 0 else f"img{i}.npy"] = _npy_bytes(array)
         if sample.wave is not None:
             members["wav.npy"] = _npy_bytes(sample.wave)
-        self._index[key] = {ext: self._add(f"{key}.{ext}", data) for ext, data in members.items()}
+        index = {ext: self._add(f"{key}.{ext}", data) for ext, data in members.items()}
+        for n, source in enumerate(sample.dicom):
+            ext = f"{n:04d}.dcm"
+            index[ext] = self._add_file(f"{key}.{ext}", source)
+        self._index[key] = index
         self.keys.add(key)
         for modality in sample.modalities:
             self.modalities[modality] += 1
-        if len(self._index) >= self.samples_per_shard or self._fh.tell() >= self.max_shard_bytes:
+        if len(self._index) >= self.samples_per_shard or self._offset >= self.max_shard_bytes:
             self._finish()
 
     def _finish(self) -> None:
-        if self._tar is None:
+        if self._fh is None:
             return
-        self._tar.close()  # writes the end-of-archive blocks
+        assert self._hash is not None
+        self._emit(_END)
+        self._pad_record()
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
@@ -213,18 +355,25 @@ class ShardWriter:
         self.shards.append(
             {
                 "name": self._name,
-                "sha256": sha256_file(final),
-                "bytes": final.stat().st_size,
+                "sha256": self._hash.hexdigest(),
+                "bytes": self._offset,
                 "samples": len(self._index),
             }
         )
-        self._tar = None
+        self._fh = self._hash = None
+
+    def _pad_record(self) -> None:
+        # Like tarfile and GNU tar: the archive is a whole number of 10 KiB records.
+        if self._offset % tarfile.RECORDSIZE:
+            self._emit(tarfile.NUL * (tarfile.RECORDSIZE - self._offset % tarfile.RECORDSIZE))
 
     def _abort(self) -> None:
-        if self._tar is not None:
+        if self._fh is not None:
             self._fh.close()
+            if self._hash is not None:
+                self._hash.hexdigest()  # stops the helper thread
             (self.out / f".{self._name}.tmp").unlink(missing_ok=True)
-            self._tar = None
+            self._fh = self._hash = None
 
     def close(self) -> dict[str, Any]:
         """Finish the open shard and write ``manifest.json``; returns the manifest."""
@@ -337,6 +486,11 @@ class ShardReader:
             if data is None:
                 raise ShardFormatError(f"sample {i}: member {ext} listed but unreadable")
             images.append(np.load(io.BytesIO(data), allow_pickle=False))
+        dicom = sorted((e for e in members if _DICOM.match(e)), key=lambda e: int(e.split(".")[0]))
+        if dicom:
+            stacks, records = self._decode_dicom(i, dicom, meta.get("dicom") or [])
+            images.extend(stacks)
+            meta["images"] = [*meta.get("images", []), *records]
         wav = self.read_member(i, "wav.npy")
         return Sample(
             key=self.keys[i],
@@ -345,6 +499,24 @@ class ShardReader:
             images=images,
             wave=np.load(io.BytesIO(wav), allow_pickle=False) if wav is not None else None,
         )
+
+    def _decode_dicom(
+        self, i: int, exts: list[str], sources: list[str]
+    ) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
+        from trainer.data.dicom import DicomDecodeError, image_stacks
+
+        if len(sources) != len(exts):
+            raise ShardFormatError(
+                f"sample {self.keys[i]}: {len(exts)} DICOM members, metadata lists {len(sources)}"
+            )
+        members = [
+            (f"{self.keys[i]}.{ext}", self.read_member(i, ext) or b"", sha)
+            for ext, sha in zip(exts, sources, strict=True)
+        ]
+        try:
+            return image_stacks(members)
+        except DicomDecodeError as exc:
+            raise ShardFormatError(f"sample {self.keys[i]}: {exc}") from None
 
     def __iter__(self) -> Iterator[Sample]:
         for i in range(len(self)):
