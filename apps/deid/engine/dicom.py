@@ -805,8 +805,16 @@ def raw_identifier_hits(values: list[str], head: bytes) -> list[str]:
     hits: list[str] = []
     head_lower = head.lower()
     for v in values:
-        if v.isascii() and v.isalnum() and v.isdigit():
-            continue  # digit strings are checked on decoded values (UIDs hold digits)
+        if v.isascii():
+            if v.isdigit():
+                continue  # digit strings are checked on decoded values (UIDs hold digits)
+            # ASCII is the same bytes in UTF-8, GB18030 and Big5: one case-insensitive search
+            # covers those three, a second one UTF-16.
+            if len(v) >= 4 and v.encode().lower() in head_lower:
+                hits.append("raw:utf-8")
+            elif len(v) >= 2 and v.encode("utf-16-le").lower() in head_lower:
+                hits.append("raw:utf-16-le")
+            continue
         for codec in ("utf-8", "gb18030", "big5", "utf-16-le"):
             try:
                 b = v.encode(codec)

@@ -55,71 +55,14 @@ _UNDEFINED = 0xFFFFFFFF
 PIXEL_DATA = 0x7FE00010
 _CHARSET = 0x00080005
 
-_VRS = {
-    vr.encode(): vr
-    for vr in [
-        "AE",
-        "AS",
-        "AT",
-        "CS",
-        "DA",
-        "DS",
-        "DT",
-        "FD",
-        "FL",
-        "IS",
-        "LO",
-        "LT",
-        "OB",
-        "OD",
-        "OF",
-        "OL",
-        "OV",
-        "OW",
-        "PN",
-        "SH",
-        "SL",
-        "SQ",
-        "SS",
-        "ST",
-        "SV",
-        "TM",
-        "UC",
-        "UI",
-        "UL",
-        "UN",
-        "UR",
-        "US",
-        "UT",
-        "UV",
-    ]
-}
 _LONG_VRS = frozenset(
-    ["OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"]
+    {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"}
 )
 # Values decoded with the file's character set; the other string VRs are ASCII/Latin-1.
-_CHARSET_VRS = frozenset(["SH", "LO", "UC", "ST", "LT", "UT", "PN"])
-_STRING_VRS = frozenset(
-    [
-        "AE",
-        "AS",
-        "CS",
-        "DA",
-        "DS",
-        "DT",
-        "IS",
-        "LO",
-        "LT",
-        "PN",
-        "SH",
-        "ST",
-        "TM",
-        "UC",
-        "UI",
-        "UR",
-        "UT",
-    ]
-)
+_CHARSET_VRS = frozenset({"SH", "LO", "UC", "ST", "LT", "UT", "PN"})
+_STRING_VRS = _CHARSET_VRS | {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI", "UR"}
+_NUMERIC_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"})
+_VRS = {vr.encode(): vr for vr in _STRING_VRS | _LONG_VRS | _NUMERIC_VRS | {"AT"}}
 # Python codecs for the single-code-extension character sets this path handles.
 _CODECS = {
     "": "latin-1",
@@ -135,7 +78,6 @@ _ENCAPSULATED_DOCUMENT = 0x00420011
 _KEEP: list[str] = []
 _SHORT_TEXT_VRS = frozenset({"LO", "SH", "UC", "CS", "AE", "UR"})
 _TEXT_VRS = frozenset({"LT", "ST", "UT"})
-_NUMERIC_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"})
 _BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
 _SKIP_VRS = _NUMERIC_VRS | {"IS", "DS", "OB", "OW", "OF", "OD", "OL", "OV", "AT"}
 
