@@ -1,18 +1,19 @@
-"""Byte-level fast path for the common DICOM file (Explicit VR Little Endian, one plain
-character set, no pixel work).
+"""Byte-level fast path for the common DICOM file (Explicit or Implicit VR Little Endian, one
+plain character set, no pixel work).
 
 The pydicom walk in :mod:`apps.deid.engine.dicom` is the reference: this module takes the
-same decision for every element, with the same helpers, but works on the raw bytes. Elements
-that are kept are copied byte for byte (the pixel data is never decoded and copied once, into
-the output), only the values that change are decoded and re-encoded, and the residual check
-searches the values and bytes it has just written instead of re-reading the file.
+same decision for every element, with the same helpers, but works on the raw bytes. Numbers,
+binary values and the pixel data are copied as they are (the pixels are never decoded, and
+copied once, into the output); strings are decoded, passed through the same actions and
+encoded as pydicom encodes them; the residual check searches the values and bytes just
+written instead of re-reading the file.
 
 Every file it cannot reproduce exactly goes back to the reference path (:class:`Fallback`):
-headerless files, Implicit VR and big endian, deflate, ISO 2022 and other multi-byte character
-sets, character sets set inside sequence items, public elements stored as UN, a safe-private
-allow-list, files whose pixels need OCR, anything malformed (the reference path quarantines
-those with their reason), and any residual hit (the reference path names the element).
-Tests compare both paths output for output.
+headerless files, big endian, deflate, ISO 2022 and other code-extension character sets,
+character sets set inside sequence items, elements stored as UN whose VR pydicom would look
+up, a safe-private allow-list, files whose pixels need OCR, anything malformed (the reference
+path quarantines those with their reason), and any residual hit (the reference path names
+the element). Tests compare both paths output for output.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pydicom import __version_info__ as _PYDICOM_VERSION
-from pydicom.datadict import dictionary_has_tag
+from pydicom.datadict import dictionary_has_tag, dictionary_VR, private_dictionary_VR
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
 from .dicom import (
@@ -113,11 +114,12 @@ class _Item:
 
 # -- parsing -----------------------------------------------------------------------------------
 def _parse_dataset(
-    buf: bytes, pos: int, end: int, depth: int, delimited: bool
+    buf: bytes, pos: int, end: int, depth: int, delimited: bool, implicit: bool
 ) -> tuple[list[_El], int]:
     if depth > 32:
         raise Fallback("nesting")
     elems: list[_El] = []
+    creators: dict[int, str] = {}
     last = -1
     while True:
         if pos >= end:
@@ -135,24 +137,29 @@ def _parse_dataset(
         if tag <= last or group < 0x0008:
             raise Fallback("unsorted or misplaced group")
         last = tag
-        vr = _VRS.get(buf[pos + 4 : pos + 6])
-        if vr is None:
-            raise Fallback("unknown VR")
-        if vr in _LONG_VRS:
-            if pos + 12 > end:
-                raise Fallback("short element")
-            length = _U32(buf, pos + 8)[0]
-            el = _El(tag, vr, pos, pos + 12)
+        if implicit:
+            length = _U32(buf, pos + 4)[0]
+            el = _El(tag, _implicit_vr(tag, creators), pos, pos + 8)
         else:
-            length = _U16(buf, pos + 6)[0]
-            el = _El(tag, vr, pos, pos + 8)
-        if vr == "UN" and not group & 1:
-            raise Fallback("public UN")  # pydicom would re-type it from the dictionary
+            vr = _VRS.get(buf[pos + 4 : pos + 6])
+            if vr is None:
+                raise Fallback("unknown VR")
+            if vr in _LONG_VRS:
+                if pos + 12 > end:
+                    raise Fallback("short element")
+                length = _U32(buf, pos + 8)[0]
+                el = _El(tag, vr, pos, pos + 12)
+            else:
+                length = _U16(buf, pos + 6)[0]
+                el = _El(tag, vr, pos, pos + 8)
+            if vr == "UN" and (not group & 1 or _private_vr(tag, creators) != "UN"):
+                raise Fallback("UN of a known VR")  # pydicom would re-type it
         if length == _UNDEFINED:
             el.undefined = True
-            if vr == "SQ":
-                el.items, el.end = _parse_items(buf, el.vs, end, depth, None)
-            elif tag == PIXEL_DATA and depth == 0 and vr in ("OB", "OW"):
+            if el.vr == "SQ" or (implicit and tag != PIXEL_DATA):
+                el.vr = "SQ"  # an undefined length in Implicit VR is a sequence
+                el.items, el.end = _parse_items(buf, el.vs, end, depth, None, implicit)
+            elif tag == PIXEL_DATA and depth == 0 and el.vr in ("OB", "OW") and not implicit:
                 el.end = _skip_fragments(buf, el.vs, end)
             else:
                 raise Fallback("undefined length")
@@ -161,14 +168,54 @@ def _parse_dataset(
             el.ve = el.end = el.vs + length
             if el.end > end:
                 raise Fallback("truncated")
-            if vr == "SQ":
-                el.items, _ = _parse_items(buf, el.vs, el.end, depth, el.end)
+            if el.vr == "SQ":
+                el.items, _ = _parse_items(buf, el.vs, el.end, depth, el.end, implicit)
+            elif group & 1 and 0x0010 <= number <= 0x00FF:
+                creator = buf[el.vs : el.ve]
+                if not creator.isascii():
+                    raise Fallback("private creator")
+                creators[tag] = creator.decode("ascii").rstrip("\x00 ")
         elems.append(el)
         pos = el.end
 
 
+_PUBLIC_VRS: dict[int, str] = {}
+
+
+def _implicit_vr(tag: int, creators: dict[int, str]) -> str:
+    """The VR pydicom gives an Implicit VR element (``hooks.raw_element_vr``); ambiguous
+    dictionary VRs ("US or SS") read as their first, as ``dicom._raw_vr`` does."""
+    if tag & 0x10000:
+        return _private_vr(tag, creators)
+    vr = _PUBLIC_VRS.get(tag)
+    if vr is None:
+        try:
+            vr = dictionary_VR(tag).split(" ")[0]
+        except KeyError:
+            vr = "UL" if not tag & 0xFFFF else "UN"
+        if len(_PUBLIC_VRS) < 65536:
+            _PUBLIC_VRS[tag] = vr
+    return vr
+
+
+def _private_vr(tag: int, creators: dict[int, str]) -> str:
+    """``pydicom.hooks._private_vr_for_tag``: LO for creators, the private dictionary's VR for
+    an element of a known creator's block, UN otherwise."""
+    number = tag & 0xFFFF
+    if 0x0010 <= number <= 0x00FF:
+        return "LO"
+    if number & 0xFF00:
+        creator = creators.get((tag & 0xFFFF0000) | (number >> 8))
+        if creator:
+            try:
+                return str(private_dictionary_VR(tag, creator)).split(" ")[0]
+            except KeyError:
+                pass
+    return "UN"
+
+
 def _parse_items(
-    buf: bytes, pos: int, end: int, depth: int, defined_end: int | None
+    buf: bytes, pos: int, end: int, depth: int, defined_end: int | None, implicit: bool
 ) -> tuple[list[_Item], int]:
     items: list[_Item] = []
     while True:
@@ -185,13 +232,13 @@ def _parse_items(
         if number != 0xE000:
             raise Fallback("not an item")
         if length == _UNDEFINED:
-            elems, item_end = _parse_dataset(buf, pos + 8, end, depth + 1, True)
+            elems, item_end = _parse_dataset(buf, pos + 8, end, depth + 1, True, implicit)
             items.append(_Item(elems, item_end, True))
         else:
             item_end = pos + 8 + length
             if item_end > end:
                 raise Fallback("truncated item")
-            elems, _ = _parse_dataset(buf, pos + 8, item_end, depth + 1, False)
+            elems, _ = _parse_dataset(buf, pos + 8, item_end, depth + 1, False, implicit)
             items.append(_Item(elems, item_end, False))
         pos = item_end
 
@@ -261,7 +308,9 @@ def _decode(raw: bytes, vr: str, codec: str) -> list[str]:
     return text.rstrip(" \x00").split("\\")
 
 
-def _header(tag: int, vr: str, length: int) -> bytes:
+def _header(tag: int, vr: str, length: int, implicit: bool = False) -> bytes:
+    if implicit:
+        return _ITEM_HDR(tag >> 16, tag & 0xFFFF, length)
     if vr in _LONG_VRS:
         return _LONG_HDR(tag >> 16, tag & 0xFFFF, vr.encode(), length)
     if length > 0xFFFF:
@@ -269,14 +318,14 @@ def _header(tag: int, vr: str, length: int) -> bytes:
     return _SHORT_HDR(tag >> 16, tag & 0xFFFF, vr.encode(), length)
 
 
-def _element(tag: int, vr: str, values: list[str], codec: str) -> bytes:
+def _element(tag: int, vr: str, values: list[str], codec: str, implicit: bool = False) -> bytes:
     try:
         raw = "\\".join(values).encode(codec if vr in _CHARSET_VRS else "latin-1")
     except UnicodeEncodeError:
         raise Fallback("unencodable value") from None
     if len(raw) & 1:
         raw += b"\x00" if vr == "UI" else b" "
-    return _header(tag, vr, len(raw)) + raw
+    return _header(tag, vr, len(raw), implicit) + raw
 
 
 def _map(values: list[str], fn: Callable[[str], str]) -> list[str]:
@@ -299,7 +348,10 @@ def _resplit(values: list[str], vr: str) -> list[str]:
 class FastRewriter:
     """One file's rewrite; see the module docstring."""
 
-    def __init__(self, deid: DicomDeidentifier, w: _Walk, buf: bytes, codec: str) -> None:
+    def __init__(
+        self, deid: DicomDeidentifier, w: _Walk, buf: bytes, codec: str, implicit: bool
+    ) -> None:
+        self.implicit = implicit
         self.deid = deid
         self.profile = deid.profile
         self.w = w
@@ -357,7 +409,11 @@ class FastRewriter:
             else:
                 if vr != "UI":
                     self.strings.extend(new)
-                raw = _element(tag, vr, new, self.codec) if new else _header(tag, vr, 0)
+                raw = (
+                    _element(tag, vr, new, self.codec, self.implicit)
+                    if new
+                    else _header(tag, vr, 0, self.implicit)
+                )
                 out.append((tag, [raw]))
         return out
 
@@ -372,7 +428,7 @@ class FastRewriter:
             values = self.values(el)
             if vr != "UI":
                 self.strings.extend(values)
-            out.append((tag, [_element(tag, vr, values, self.codec)]))
+            out.append((tag, [_element(tag, vr, values, self.codec, self.implicit)]))
             return
         if converted and vr not in _BINARY_VRS:
             raise Fallback(f"decoded {vr} kept")  # numbers and tags: rare, left to pydicom
@@ -395,8 +451,8 @@ class FastRewriter:
                 chunks.append(_ITEM_HDR(0xFFFE, 0xE000, sum(len(b) for b in body)))
                 chunks.extend(body)
         if el.undefined:
-            return [_header(el.tag, "SQ", _UNDEFINED), *chunks, _SEQ_DELIM]
-        return [_header(el.tag, "SQ", sum(len(b) for b in chunks)), *chunks]
+            return [_header(el.tag, "SQ", _UNDEFINED, self.implicit), *chunks, _SEQ_DELIM]
+        return [_header(el.tag, "SQ", sum(len(b) for b in chunks), self.implicit), *chunks]
 
     def _apply(self, el: _El, action: str, depth: int) -> list[str]:
         """``DicomDeidentifier._apply`` for a non-sequence element."""
@@ -552,12 +608,13 @@ def _rewrite(
     if ts_el is None:
         raise Fallback("no transfer syntax")
     ts = UID(data[ts_el.vs : ts_el.ve].decode("latin-1").rstrip("\x00 "))
-    if not ts.is_transfer_syntax or ts.is_implicit_VR or not ts.is_little_endian or ts.is_deflated:
+    if not ts.is_transfer_syntax or not ts.is_little_endian or ts.is_deflated:
         raise Fallback("transfer syntax")
+    implicit = ts.is_implicit_VR
     msc = meta_by_tag.get(0x00020002)
     if msc is not None and data[msc.vs : msc.ve].rstrip(b"\x00 ") == _DICOMDIR_CLASS.encode():
         raise Fallback("dicomdir")
-    elems, _ = _parse_dataset(data, pos, len(data), 0, False)
+    elems, _ = _parse_dataset(data, pos, len(data), 0, False, implicit)
     if not elems:
         raise Fallback("empty")
     top = {el.tag: el for el in elems}
@@ -571,7 +628,7 @@ def _rewrite(
         if len(charsets) != 1 or charsets[0] not in _CODECS:
             raise Fallback("character set")
         codec = _CODECS[charsets[0]]
-    rw = FastRewriter(deid, None, data, codec)  # type: ignore[arg-type]
+    rw = FastRewriter(deid, None, data, codec, implicit)  # type: ignore[arg-type]
     _check_pixels(rw, top, ts)
 
     # Pixels: the fast path only serves files whose pixels need no work.
@@ -711,18 +768,18 @@ def _finish(
         put[0x00280303] = ("CS", ["REMOVED"])
     for tag, (vr, values) in put.items():
         rw.strings.extend(values)
-        out[tag] = [_element(tag, vr, values, codec)]
+        out[tag] = [_element(tag, vr, values, codec, rw.implicit)]
     items: list[bytes] = []
     for code, meaning in profile.method_codes(pixels_cleaned=False):
         rw.strings.extend((code, "DCM", meaning))
         item = (
-            _element(0x00080100, "SH", [code], codec)
-            + _element(0x00080102, "SH", ["DCM"], codec)
-            + _element(0x00080104, "LO", [meaning], codec)
+            _element(0x00080100, "SH", [code], codec, rw.implicit)
+            + _element(0x00080102, "SH", ["DCM"], codec, rw.implicit)
+            + _element(0x00080104, "LO", [meaning], codec, rw.implicit)
         )
         items.append(_ITEM_HDR(0xFFFE, 0xE000, len(item)) + item)
     seq = b"".join(items)
-    out[0x00120064] = [_header(0x00120064, "SQ", len(seq)), seq]
+    out[0x00120064] = [_header(0x00120064, "SQ", len(seq), rw.implicit), seq]
     charset = out.get(_CHARSET)
     if charset is not None and _charset_empty(charset):
         del out[_CHARSET]
@@ -747,8 +804,7 @@ def _meta(
     for src, dst in ((0x00080016, 0x00020002), (0x00080018, 0x00020003)):
         if src in written:
             raw = b"".join(written[src])
-            hdr = 12 if raw[4:6] in (b"UN", b"UC", b"UR", b"UT") else 8
-            uid = raw[hdr:].decode("latin-1").rstrip("\x00 ")
+            uid = raw[8:].decode("latin-1").rstrip("\x00 ")  # UI: 8-byte header either way
             if not uid:
                 raise Fallback("empty SOP UID")
             out[dst] = _element(dst, "UI", [uid], "latin-1")
