@@ -69,6 +69,29 @@ def on_postgres(db):
     return connection
 
 
+@pytest.fixture(autouse=True)
+def _audit_events_chained_in_rolled_back_tests(request):
+    """A ``db`` test runs in one transaction that is rolled back, never committed.
+
+    On PostgreSQL audit events are chained at COMMIT (apps/audit/migrations/0003), so in such a
+    test they would never appear; there they are chained as they are recorded instead, which
+    is what SQLite always does. Transactional tests (``transaction=True``, live server,
+    threads) commit for real and take the production path.
+    """
+    uses_db = request.node.get_closest_marker("django_db") is not None or any(
+        name in request.fixturenames for name in ("db", "transactional_db", "live_server")
+    )
+    if not uses_db:
+        return
+    request.getfixturevalue("_django_db_helper")
+    from django.db import connection
+
+    if connection.in_atomic_block:
+        from apps.audit.testing import seal_immediately
+
+        seal_immediately(connection)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _audit_table_can_be_flushed():
     """Let transactional tests' flush empty the append-only audit table (test runs only).

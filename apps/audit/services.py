@@ -209,25 +209,15 @@ def _validated_context() -> tuple[str, str]:
 _HEAD_SQL = "SELECT seq, digest, timestamp FROM audit_auditevent ORDER BY seq DESC LIMIT 1"
 
 
-def _locked_head(alias: str) -> tuple[int, str, datetime] | None:
-    """Take the chain lock, then read the head: (seq, digest, timestamp) or None when empty.
+def _sqlite_head(alias: str) -> tuple[int, str, datetime] | None:
+    """The chain's head: (seq, digest, timestamp), or None when it is empty.
 
-    Appends are serialized so two writers never read the same head (which would fork the
-    chain). PostgreSQL: a transaction-scoped advisory lock, released at commit or rollback.
-    Both statements go in one round trip (the lock is held through the caller's commit, so
-    every round trip in here costs all waiting writers); in READ COMMITTED the second
-    statement takes its snapshot after the lock is granted, so it sees the previous holder's
-    committed event. SQLite: the settings open every transaction with BEGIN IMMEDIATE, which
-    already holds the write lock. The unique ``seq`` is the backstop either way.
+    SQLite only: the settings open every write transaction with BEGIN IMMEDIATE, which holds
+    the database's write lock from the start, so no other writer can read the same head. The
+    unique ``seq`` is the backstop.
     """
-    conn = connections[alias]
-    with conn.cursor() as cursor:
-        if conn.vendor == "postgresql":
-            # No parameters: psycopg sends it as one simple query, both statements at once.
-            cursor.execute(f"SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY:d}); {_HEAD_SQL}")
-            cursor.nextset()
-        else:
-            cursor.execute(_HEAD_SQL)
+    with connections[alias].cursor() as cursor:
+        cursor.execute(_HEAD_SQL)
         row = cursor.fetchone()
     if row is None:
         return None
@@ -240,44 +230,15 @@ def _locked_head(alias: str) -> tuple[int, str, datetime] | None:
     return seq, digest, ts
 
 
-# One round trip for the whole serialized section on PostgreSQL: take the chain lock, then
-# (a second statement, so a fresh READ COMMITTED snapshot that sees the previous holder's
-# commit) read the head and insert the next event with its digest computed by the server,
-# over the same message that PG_MESSAGE_SQL builds. Everything until the caller's COMMIT
-# holds up every other writer, so nothing else happens inside the lock but this query.
-_PG_APPEND_SQL = (
-    f"SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY:d}); "  # noqa: S608 - constants; values are bound
-    "WITH head AS (SELECT seq, digest, timestamp FROM audit_auditevent "
-    "ORDER BY seq DESC LIMIT 1), "
-    "n AS (SELECT coalesce((SELECT seq FROM head), 0) + 1 AS seq, "
-    f"coalesce((SELECT digest FROM head), '{GENESIS_DIGEST}') AS prev_digest, "
-    "greatest(%(now)s::timestamptz, (SELECT timestamp FROM head)) AS ts) "
-    "INSERT INTO audit_auditevent (seq, timestamp, user_id, action, resource, pre_hash, "
-    "post_hash, request_id, client_ip, details, prev_digest, digest) "
-    "SELECT n.seq, n.ts, %(user_id)s, %(action)s, %(resource)s, %(pre_hash)s, %(post_hash)s, "
-    "%(request_id)s, %(client_ip)s, %(details)s, n.prev_digest, "
-    "encode(sha256(convert_to(concat_ws(E'\\x1f', '" + MESSAGE_VERSION + "', n.seq::text, "
-    "n.prev_digest, to_char(n.ts AT TIME ZONE 'UTC', "
-    "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"'), coalesce(%(user_id)s::bigint::text, ''), "
-    "%(action)s, %(resource)s, %(pre_hash)s, %(post_hash)s, %(request_id)s, %(client_ip)s, "
-    "%(details)s), 'UTF8')), 'hex') "
-    "FROM n RETURNING seq, timestamp, prev_digest, digest"
+# PostgreSQL: the event waits in the caller's transaction and is chained during its COMMIT by
+# a deferred constraint trigger (migration 0003_seal_at_commit): the trigger takes the chain
+# lock (pg_advisory_xact_lock(CHAIN_LOCK_KEY)), reads the head, inserts the event with
+# seq + 1 and its digest, and deletes the pending row. The lock is held only for the seal and
+# the commit's WAL flush, never across a round trip to the application.
+_PG_PENDING_SQL = (
+    "INSERT INTO audit_pendingevent (timestamp, user_id, action, resource, pre_hash, "
+    "post_hash, request_id, client_ip, details) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
-
-
-def _append_postgresql(alias: str, fields: dict[str, Any]) -> AuditEvent:
-    params = {"now": timezone.now(), **fields}
-    with connections[alias].cursor() as cursor:
-        cursor.execute(_PG_APPEND_SQL, params)
-        cursor.nextset()
-        seq, ts, prev_digest, digest = cursor.fetchone()
-    event = _chained_event(seq, prev_digest, ts, params)
-    # The server computed the digest; the Python encoding (which SQLite and verification rely
-    # on) recomputed it, so the two can never drift apart unnoticed.
-    if event.digest != digest:
-        raise AuditError(f"event #{seq}: the database computed digest {digest}, not {event.digest}")
-    event._state.adding, event._state.db = False, alias
-    return event
 
 
 def _chained_event(seq: int, prev_digest: str, ts: datetime, p: dict[str, Any]) -> AuditEvent:
@@ -319,7 +280,7 @@ def record(
     pre: object = None,
     post: object = None,
     details: dict | None = None,
-) -> AuditEvent:
+) -> None:
     """Append one event to the audit chain, in the caller's transaction.
 
     ``action`` names what happened (``"accounts.role_granted"``), ``resource`` what it happened
@@ -330,8 +291,10 @@ def record(
     Raises ``AuditError`` when called outside ``transaction.atomic()``: an event committed on
     its own could describe a change that then rolled back, or be lost while the change stays.
 
-    Call it last in the transaction, just before commit: on PostgreSQL it takes the chain lock,
-    which every other writer then waits on until this transaction ends.
+    Where it is called in the transaction does not matter. On PostgreSQL the event is chained
+    (given its ``seq`` and digest) while the transaction commits, so concurrent writers queue
+    only for their commits; read it back from ``AuditEvent`` after the commit. On SQLite it
+    is chained at once (the write transaction already holds the database's lock).
     """
     alias = router.db_for_write(AuditEvent) or DEFAULT_DB_ALIAS
     if not connections[alias].in_atomic_block:
@@ -361,18 +324,19 @@ def record(
         "client_ip": client_ip,
         "details": details_json,
     }
+    now = timezone.now()
     if connections[alias].vendor == "postgresql":
-        return _append_postgresql(alias, fields)
-    head = _locked_head(alias)
-    seq, prev_digest, ts = 1, GENESIS_DIGEST, timezone.now()
+        with connections[alias].cursor() as cursor:
+            cursor.execute(_PG_PENDING_SQL, [now, *fields.values()])
+        return
+    head = _sqlite_head(alias)
+    seq, prev_digest, ts = 1, GENESIS_DIGEST, now
     if head is not None:
         seq, prev_digest = head[0] + 1, head[1]
-        # Time never runs backwards along the chain (clock steps, several hosts), so "the
-        # day's head" for the daily digest is well defined.
+        # Time never runs backwards along the chain (clock steps), so "the day's head" for
+        # the daily digest is well defined.
         ts = max(ts, head[2])
-    event = _chained_event(seq, prev_digest, ts, fields)
-    event.save(force_insert=True, using=alias)
-    return event
+    _chained_event(seq, prev_digest, ts, fields).save(force_insert=True, using=alias)
 
 
 # --- verify ----------------------------------------------------------------------------------

@@ -72,3 +72,17 @@ def allow_flush(connection: Any) -> Callable[[], None]:
         ops_class.execute_sql_flush = original
 
     return undo
+
+
+def seal_immediately(connection: Any = None) -> None:
+    """Chain this transaction's audit events as each is recorded instead of at COMMIT.
+
+    For transactions that never commit: the test runner's per-test transaction, rolled back at
+    the end of each test, in which events must be readable right after ``record()``. It takes
+    the chain lock at the first event until the transaction ends, so never in production.
+    PostgreSQL only (migration 0003_seal_at_commit); SQLite always chains at once.
+    """
+    connection = connection or default_connection
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET CONSTRAINTS audit_pendingevent_seal IMMEDIATE")

@@ -23,6 +23,7 @@ def digest_dir(settings, tmp_path):
 @pytest.fixture
 def events(db):
     """``events(n, **overrides)`` appends n events (one transaction each) and returns them."""
+    from apps.audit.models import AuditEvent
     from apps.audit.services import record
 
     def make(
@@ -36,7 +37,8 @@ def events(db):
         made = []
         for _ in range(n):
             with transaction.atomic():
-                made.append(record(action, resource, actor=actor, **kwargs))
+                record(action, resource, actor=actor, **kwargs)
+            made.append(AuditEvent.objects.order_by("-seq").first())
         return made
 
     return make

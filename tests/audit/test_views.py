@@ -24,7 +24,8 @@ def _record(
     action="tests.touched", resource="tests.thing:1", actor=None, request_id=None, **kwargs
 ):
     with bound_context(request_id, "192.0.2.7"), transaction.atomic():
-        return record(action, resource, actor=actor, **kwargs)
+        record(action, resource, actor=actor, **kwargs)
+    return AuditEvent.objects.order_by("-seq").first()
 
 
 @pytest.fixture
