@@ -14,6 +14,19 @@ SINGLE_SURNAMES = frozenset(
     "季裴霍涂成苗谷盛曲翁冉骆蓝路游辛靳管柴蒙鲍华喻祁蒲房滕屈饶解牟艾尤阳时穆农司卓古吉缪简车项连芦麦褚娄"
     "窦戚岑景党宫费卜冷晏席卫米柏宗瞿桂全佟应臧闵苟邬边卞姬师和仇栾隋商刁沙荣巫寇桑郎甄丛仲虞敖巩明佘池查"
     "麻苑迟邝"
+    # Less frequent surnames (seen in the register and in generated test names).
+    "亓仝冀冼匡卿厉奚嵇扈揭昝晁晋朴束杭栗檀洪浦湛漆燕狄禹粟羊胥芮茅茹荆萧蔺衡裘诸谈谌赖赫辜逯邰邸"
+    "郁郜鄢阎阙阚雍鞠鹿储况冶勾尉屠帅廉慕戎楚班傅尧"
+    # Surnames that are also everyday or drug-name characters (listed in AMBIGUOUS_SURNAMES).
+    "丰乌乐云井亢伊伏但位信修元公初利劳区南印危原呼哈国奉官宣容宾宿富封居展巴干平幸强惠戈战支敬"
+    "斯普智权来植楼母海满玉盖盘相祖索练花衣计豆那都门闭闻阴阿隆鲜薄"
+)
+# Surnames that are also everyday words, or start drug names (阿司匹林, 伊曲康唑): trusted only
+# after an explicit "label：" (姓名：于洋), never after a bare cue or from the segmenter alone.
+AMBIGUOUS_SURNAMES = frozenset(
+    "于和向时明成安全应常单查解车路连关方文白黄高康任师商易齐宁冷伍尚万能"
+    "丰乌乐云井亢伊伏但位信修元公初利劳区南印危原呼哈国奉官宣容宾宿富封居展巴干平幸强惠戈战支敬"
+    "斯普智权来植楼母海满玉盖盘相祖索练花衣计豆那都门闭闻阴阿隆鲜薄"
 )
 COMPOUND_SURNAMES = frozenset(
     [
@@ -211,4 +224,95 @@ ORG_SUFFIXES_ZH = (
     "门诊部",
     "医学院",
     "疾控中心",
+)
+
+
+# --- guards on the segmenter's person tags (text/segmenter.py) ---------------------------
+def _words(*lines: str) -> frozenset[str]:
+    return frozenset(w for line in lines for w in line.split())
+
+
+# Clinical words that start with a surname and that jieba may tag ``nr``: herbs, drugs,
+# eponyms, anatomy, places that name diseases. Measured on the bench notes and the tests.
+SEGMENTER_NOT_NAMES = _words(
+    "柴胡 田七 石斛 乔木 武田 孔径 葛根 麻黄 麻黄汤 桂枝",
+    "桂枝汤 苏合香 苏木 施万 柯萨奇 甘精 甘草 甘油 谷丙",
+    "谷草 谷维素 鲁米 鲁米那 连花 连花清 金银花 金水宝",
+    "金葡菌 杜仲 杜冷丁 秦艽 丁香 何首乌 陈皮 夏枯草",
+    "蒲公英 牛黄 牛膝 柏子仁 桑叶 桑白皮 桑寄生 熊胆 雷尼",
+    "艾司 艾灸 沙丁 吉非 曲美 曲马多 莫西 莫沙",
+    "华法林 潘托 米索 霍奇金 韦格纳 孟鲁 谷氨 毛细 龙胆",
+    "邢台 骆驼 管型 房颤 房室 房间隔 包虫 卫生 钟乳石",
+    "钟表 冯氏 蒋氏 柯氏 杜氏 史氏 洪氏 胡氏 贺氏 童氏",
+    "苗勒 田纳西 丹参 党参 沈阳 武汉 南京 杭州 郑州 贵阳",
+    "温州 常州 汤剂 邵阳 岳阳 岳母 姜黄 姜汤 钱币 姚明",
+    "严重 严格 严密 江湖 石膏 石灰 骨质 郝氏 邱氏 盛情",
+    "景天 顾虑 梁柱 窦性 窦房 窦道 尹氏 苟且 阮氏 符合",
+    "季节 宫颈 宫腔 宫缩 宫内",
+)
+# Characters that are not part of a given name but often end a clinical word (柴胡汤, 窦性,
+# 病史, 冯氏).
+SEGMENTER_NOT_NAME_CHARS = frozenset(
+    "氏汤丸散膏片胶素酸醇钠钾钙霉菌苷酮胺酯液剂粉碱脂糖肽性体段史科院室部区床号楼级期型度次天"
+    "月年日病症炎瘤癌痛血尿便肝肾肺脾胃肠脑管腔膜囊核瓣脉见示呈伴约予"
+)
+# A next word starting with one of these makes the tagged word part of a drug or herb name.
+SEGMENTER_SUFFIX_CHARS = frozenset("汤丸散膏片胶颗素酸醇钠钾钙霉菌苷酮胺酯液剂粉碱肽氏")
+# Words that take a person right before a name (由刘洋陪同, 告知王芳) ...
+SEGMENTER_NAME_BEFORE = _words(
+    "由 请 与 和 及 同 给 向 对 经 据 嘱 让 叫 找 告知 联系 通知 陪同 探视 致电 转告 委托 见",
+    "系 为 是 即 其妻 其夫 其子 其女 之妻 之夫 之子 之女",
+)
+# ... and words that follow one (刘洋陪同, 王芳签字, 张伟否认).
+SEGMENTER_NAME_AFTER = (
+    "陪同",
+    "陪护",
+    "签字",
+    "签名",
+    "书写",
+    "审核",
+    "记录",
+    "查房",
+    "会诊",
+    "诉",
+    "自诉",
+    "主诉",
+    "否认",
+    "表示",
+    "同意",
+    "拒绝",
+    "要求",
+    "来诊",
+    "就诊",
+    "来院",
+    "入院",
+    "出院",
+    "转入",
+    "转出",
+    "复诊",
+    "随访",
+    "告知",
+    "联系",
+    "电话",
+    "手机",
+    "代诉",
+    "家属",
+    "系",
+    "为",
+    "是",
+    "之",
+    "的",
+    "先生",
+    "女士",
+    "同志",
+    "老人",
+    "今日",
+    "因",
+    "于",
+    "在",
+    "已",
+    "现",
+    "曾",
+    "病情",
+    "目前",
 )

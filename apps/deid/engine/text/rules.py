@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 
 from .lexicon import (
+    AMBIGUOUS_SURNAMES,
     COMPOUND_SURNAMES,
     DEPARTMENT_STEMS,
     EN_NAME_CUES,
@@ -24,6 +25,7 @@ from .lexicon import (
     ZH_NAME_STOP,
     ZH_NAME_TITLES,
 )
+from .segmenter import segmenter_person_spans, tagged_name_at
 
 CJK = "\u4e00-\u9fff"
 
@@ -101,7 +103,10 @@ _RE_PHONE = [
     # International form without trunk zero: +86 10 1234 5678.
     _rx(r"(?:\+|00)\s?86[ -]?[1-9]\d{1,2}[ -]?\d{3,4}[ -]?\d{4}(?!\d)"),
     # North American: (415) 555-0123, 415-555-0123, +1 415 555 0123.
-    _rx(r"(?<![\d\w])(?:\+?1[ .-]?)?(?:\(\d{3}\)\s?|\d{3}[ .-])\d{3}[ .-]\d{4}(?!\d)"),
+    _rx(
+        r"(?<![\d\w])(?:\+?1[ .-]?)?(?:\(\d{3}\)\s?|\d{3}[ .-])\d{3}[ .-]\d{4}"
+        r"(?:\s?(?:x|ext\.?)\s?\d{1,6})?(?!\d)"
+    ),
 ]
 _RE_PHONE_CUE = _rx(
     r"(?:电话|手机|手机号|联系电话|联系方式|座机|传真|Tel|TEL|Phone|phone|Mobile|mobile|Cell|Fax|fax)"
@@ -396,8 +401,11 @@ _FUNCTION_PREFIX = "患者病人家住在于至到往去入收转诊治就来自
 _ADDR_CUE = _rx(
     r"(?:家庭住址|现住址|户籍地址|户籍地|通讯地址|联系地址|居住地|住址|地址|籍贯|出生地|工作单位|"
     r"Home address|Address|address|ADDRESS)\s*[:：]\s*([^\n，。；;]{2,80}?)"
-    # The value ends at a clause break, a wide gap, or the next "label：" on the same line.
-    r"(?=\s{2,}|\t|[\u4e00-\u9fffA-Za-z]{2,6}\s*[:：]|[\n，。；;]|$)"
+    # The value ends at a clause break, a wide gap, the next "label：" on the same line, or an
+    # English sentence end (". Accession No." but not "Apt. 830").
+    r"(?=\s{2,}|\t|[\u4e00-\u9fffA-Za-z]{2,6}\s*[:：]|[\n，。；;]|\.\s+[A-Z][a-z]|\.[A-Z]{2}|\.[\u4e00-\u9fff]|\.?$"
+    # ... or right after a US ZIP code ("IN 60742").
+    r"|(?<=\b[A-Z]{2} \d{5})(?![\d-])|(?<=\b[A-Z]{2} \d{5}-\d{4})(?!\d))"
 )
 _ZH_PROV = rf"[{CJK}]{{2,6}}?(?:省|自治区|特别行政区)"
 _ZH_CITY = rf"[{CJK}]{{2,4}}?(?:市|自治州|地区|盟)"
@@ -423,13 +431,27 @@ _RE_ADDR_EN = _rx(
 )
 
 
+_US_STATES = (
+    "AL|AK|AZ|AR|CA|CO|CT|DE|DC|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|NE|NV|NH|NJ|"
+    "NM|NY|NC|ND|OH|OK|OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY|AS|FM|GU|MH|MP|PW|PR|VI|AA|AE|AP"
+)
+# A US address ending in "City, ST 12345" (or a military "APO AE 12345"): from the house number
+# (or PSC/Unit/USNS/USS) to the ZIP code on one line, without crossing a sentence end, a
+# "Label:" or Chinese text. Catches street types no list has (Gardens, Locks, Prairie ...).
+_RE_ADDR_US = _rx(
+    r"\b(?:\d{1,6}\s+[A-Z][A-Za-z]*|PSC\s+\d+|Unit\s+\d+|USNS\s+[A-Z]|USNV\s+[A-Z]|USS\s+[A-Z]|"
+    r"USCGC\s+[A-Z])(?:(?!\.\s+[A-Z][a-z]|[A-Za-z]+:)[^\n。，；\u4e00-\u9fff]){0,60}?"
+    rf"(?:,\s*[A-Z][a-z]+(?:\s[A-Z][a-z]+)*,?|,?\s*(?:APO|FPO|DPO))\s+(?:{_US_STATES})\s+\d{{5}}(?:-\d{{4}})?\b"
+)
+
+
 def _trim_prefix(text: str, start: int, end: int) -> int:
     while start < end - 2 and text[start] in _FUNCTION_PREFIX:
         start += 1
     return start
 
 
-def _address_hits(text: str) -> Iterator[Hit]:
+def _address_hits(text: str, digits: bool = True) -> Iterator[Hit]:
     for m in _ADDR_CUE.finditer(text):
         s, e = m.start(1), m.end(1)
         yield Hit("ADDRESS", s, e, text[s:e].strip(), PRIORITY["ADDRESS"] + 1)
@@ -464,6 +486,9 @@ def _address_hits(text: str) -> Iterator[Hit]:
             yield Hit("ADDRESS", s, m.end(), text[s : m.end()], PRIORITY["ADDRESS"])
     for m in _RE_ADDR_EN.finditer(text):
         yield Hit("ADDRESS", m.start(), m.end(), m.group(0), PRIORITY["ADDRESS"])
+    if digits:
+        for m in _RE_ADDR_US.finditer(text):
+            yield Hit("ADDRESS", m.start(), m.end(), m.group(0), PRIORITY["ADDRESS"])
 
 
 # --------------------------------------------------------------------------------------
@@ -510,11 +535,18 @@ _SURNAME_RE = (
     "(?:" + "|".join(sorted(COMPOUND_SURNAMES)) + "|[" + "".join(sorted(SINGLE_SURNAMES)) + "])"
 )
 # Surnames that are also everyday function words: only trusted after an explicit colon.
-_AMBIGUOUS_SURNAMES = set("于和向时明成安全应常单查解车路连关方文白黄高康任师商易齐宁冷伍尚万能")
+_AMBIGUOUS_SURNAMES = AMBIGUOUS_SURNAMES
+# Surnames that are also prepositions, conjunctions or auxiliaries: never a name before a bare
+# title (向医生咨询); other ambiguous ones are (黄主任, 高教授).
+_FUNCTION_SURNAMES = set("于和向时应常能由都那来相连关与及为以给对把被在查解单成安全")
 _NOT_IN_GIVEN = set("科院室部区床号楼级期型性度次天月年日")
 _CUE_ALT = "|".join(sorted(ZH_NAME_CUES, key=len, reverse=True))
 _TITLE_ALT = "|".join(sorted(ZH_NAME_TITLES, key=len, reverse=True))
 _RE_ZH_CUE = _rx(rf"(?:{_CUE_ALT})\s*([:：])?\s*({_SURNAME_RE})([{CJK}]{{1,2}})")
+# After an explicit "label：" (姓名：阎飞, 主治医师：阿洁) the value is a name even when its
+# surname is not in the list.
+_RE_ZH_LABEL = _rx(rf"(?:{_CUE_ALT})\s*[:：]\s*([{CJK}]{{2,4}})")
+_ZH_LABEL_NOT_NAMES = ("不详", "未知", "本人", "同意", "拒绝", "拒签", "家属", "患者", "见上", "无")
 _RE_ZH_TITLE = _rx(rf"({_SURNAME_RE})([{CJK}]{{0,2}}?)(?:{_TITLE_ALT})")
 _RE_ZH_SEX_AGE = _rx(
     rf"({_SURNAME_RE}[{CJK}]{{1,2}})\s*[，,、]?\s*[男女]\s*[，,、]?\s*\d{{1,3}}\s*岁"
@@ -573,23 +605,40 @@ def _given(text: str, start: int, raw: str) -> int:
     return start + len(raw)
 
 
-def _person_hits(text: str) -> Iterator[Hit]:
+def _rule_person_hits(text: str) -> Iterator[Hit]:
     p = PRIORITY["PERSON"]
     for m in _RE_ZH_CUE.finditer(text):
         colon, sur, given = m.group(1), m.group(2), m.group(3)
         if given[0] in ZH_NAME_STOP or given[0] in _NOT_IN_GIVEN:
             continue
         if not colon and sur in _AMBIGUOUS_SURNAMES:
+            # 患者于晨 is a name, 患者于今日 is not: ask the segmenter.
+            end = tagged_name_at(text, m.start(2))
+            if end is not None:
+                yield Hit("PERSON", m.start(2), end, text[m.start(2) : end], p)
             continue
         s = m.start(2)
         e = _given(text, m.start(3), given)
         yield Hit("PERSON", s, e, text[s:e], p)
+    for m in _RE_ZH_LABEL.finditer(text):
+        value = m.group(1)
+        if value.startswith(_ZH_LABEL_NOT_NAMES):
+            continue
+        limit = 4 if value[:2] in COMPOUND_SURNAMES else 3
+        n = 0
+        while n < min(limit, len(value)) and not (
+            n and (value[n] in ZH_NAME_STOP or value[n] in _NOT_IN_GIVEN)
+        ):
+            n += 1
+        if n >= 2:
+            s = m.start(1)
+            yield Hit("PERSON", s, s + n, value[:n], p)
     for m in _RE_ZH_TITLE.finditer(text):
         sur, given = m.group(1), m.group(2)
         if any(c in _NOT_IN_GIVEN or c in ZH_NAME_STOP for c in given):
             continue
-        if sur in _AMBIGUOUS_SURNAMES and not given:
-            continue
+        if sur in _FUNCTION_SURNAMES and not given:
+            continue  # 向医生咨询, 和护士沟通, 应主任要求
         yield Hit("PERSON", m.start(1), m.end(2), m.group(1) + given, p)
     for m in _RE_ZH_SEX_AGE.finditer(text):
         s = _trim_prefix(text, m.start(1), m.end(1))
@@ -604,6 +653,24 @@ def _person_hits(text: str) -> Iterator[Hit]:
             yield Hit("PERSON", m.start(1), m.end(1), name.lower(), p)
     for m in _RE_DICOM_PN.finditer(text):
         yield Hit("PERSON", m.start(), m.end(), m.group(0).lower(), p)
+
+
+_HAS_CJK = re.compile(f"[{CJK}]")
+
+
+def _person_hits(text: str) -> Iterator[Hit]:
+    hits = list(_rule_person_hits(text))
+    yield from hits
+    # Names without a cue: jieba's person tags, guarded (text/segmenter.py). Names the rules
+    # found are blanked first, wherever they recur, so jieba reads only the rest (its HMM is
+    # the costly part). Ranked under the rule hits, so an address, hospital or cued name that
+    # overlaps keeps its own span.
+    blanked = text
+    for v in {text[h.start : h.end] for h in hits}:
+        if len(v) >= 2 and _HAS_CJK.search(v):
+            blanked = blanked.replace(v, " " * len(v))
+    for s, e in segmenter_person_spans(blanked):
+        yield Hit("PERSON", s, e, text[s:e], PRIORITY["PERSON"] - 1)
 
 
 # --------------------------------------------------------------------------------------
@@ -633,7 +700,7 @@ def find_hits(text: str, *, detect_names: bool = True, age_threshold: int = 89) 
     if ":" in text:
         for m in _RE_IPV6.finditer(text):
             hits.append(Hit("IP", m.start(), m.end(), m.group(0).lower(), PRIORITY["IP"]))
-    hits.extend(_address_hits(text))
+    hits.extend(_address_hits(text, digits))
     hits.extend(_org_hits(text))
     if detect_names:
         hits.extend(_person_hits(text))
