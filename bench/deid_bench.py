@@ -1,7 +1,8 @@
 """De-identification benchmark: our engine against peers on the same generated inputs.
 
 DICOM: bare pydicom read+write (the ceiling), our engine, dicognito, pydicom/deid.
-Text:  our rule engine, plus presidio-analyzer / philter-ucsf when importable.
+Text:  our engine with and without jieba's person tags, presidio-analyzer (its pattern
+       recognizers) and philter-ucsf, on Faker-made bilingual notes (docs/deid-engine.md).
 
 Run:  .venv/bin/python bench/deid_bench.py [--dicom 200] [--notes 500] [--json out.json]
 Peers that are not installed are reported as "not run" with the reason; nothing downloads.
@@ -35,25 +36,6 @@ from apps.deid.engine.text import PatientContext, resident_id_check_char
 ROUNDS = 3
 SURNAMES = "王李张刘陈杨赵黄周吴徐孙胡朱高林何郭马罗"
 GIVEN = ["伟", "芳", "娜", "敏", "静", "丽", "强", "磊", "军", "洋", "建国", "秀英", "志强", "海涛"]
-EN_FIRST = ["John", "Mary", "Robert", "Linda", "Michael", "Susan", "David", "Karen"]
-EN_LAST = ["Smith", "Johnson", "Brown", "Garcia", "Miller", "Davis", "Wilson", "Moore"]
-CLINICAL = [
-    "血红蛋白 120 g/L",
-    "EF 55%",
-    "ICD-10 I21.9",
-    "阿司匹林 100mg qd",
-    "左肺上叶见2.3cm×1.8cm结节",
-    "肌酐 88 μmol/L",
-    "血压 130/85 mmHg",
-    "心率 72 次/分",
-    "LVEF 45%",
-    "metformin 500 mg bid",
-    "Troponin I 0.03 ng/mL",
-    "NYHA II级",
-    "2型糖尿病",
-    "头孢曲松 2g ivgtt qd",
-    "T 36.8℃",
-]
 
 
 def _rid(rng: random.Random) -> str:
@@ -204,41 +186,235 @@ def bench_dicom(n: int) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------------
-def make_note(rng: random.Random) -> tuple[str, list[tuple[str, str]], list[str]]:
-    zh = rng.choice(SURNAMES) + rng.choice(GIVEN)
-    en = f"{rng.choice(EN_FIRST)} {rng.choice(EN_LAST)}"
-    rid = _rid(rng)
-    phone = f"1{rng.choice('3589')}{rng.randint(10**8, 10**9 - 1)}"
-    mrn = f"{rng.randint(100000, 9999999)}"
-    d = f"{rng.randint(2015, 2024)}年{rng.randint(1, 12)}月{rng.randint(1, 28)}日"
-    d2 = f"{rng.randint(2015, 2024)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
-    email = f"pt{rng.randint(1, 9999)}@mail{rng.randint(1, 99)}.com"
-    clin = rng.sample(CLINICAL, 4)
-    note = (
-        f"患者{zh}，男，{rng.randint(20, 80)}岁，身份证号{rid}，手机{phone}，住院号：{mrn}。"
-        f"于{d}入院，{clin[0]}，{clin[1]}。{d2}复查：{clin[2]}。"
-        f"Attending: Dr. {en}. Contact {email}. {clin[3]}."
+# Clinical notes. Each note is assembled from shuffled Chinese and English sections; names,
+# addresses, phones, e-mails and SSNs come from Faker (zh_CN, en_US, seeded), so formats vary
+# the way real ones do. Names appear after cues (患者, 姓名：, Dr.), with titles (王主任),
+# recurring without a cue (张伟否认…), and with no cue at all (由刘洋陪同来诊).
+TEXT_CLINICAL = [
+    "血红蛋白 120 g/L",
+    "EF 55%",
+    "ICD-10 I21.9",
+    "阿司匹林 100mg qd",
+    "左肺上叶见2.3cm×1.8cm结节",
+    "肌酐 88 μmol/L",
+    "血压 130/85 mmHg",
+    "心率 72 次/分",
+    "LVEF 45%",
+    "metformin 500 mg bid",
+    "Troponin I 0.03 ng/mL",
+    "NYHA II级",
+    "2型糖尿病",
+    "头孢曲松 2g ivgtt qd",
+    "T 36.8℃",
+    "甘精胰岛素 12U qn",
+    "白蛋白 35 g/L",
+    "查体：神清，精神可",
+    "心电图示窦性心律",
+    "双肺呼吸音清",
+    "柴胡疏肝散 6g bid",
+    "金水宝胶囊 3粒 tid",
+    "华法林 3mg qd",
+    "谷丙转氨酶 35 U/L",
+    "阵发性房颤",
+    "冠状动脉造影示前降支狭窄70%",
+    "肝脾肋下未触及",
+    "否认药物过敏史",
+    "黄芪注射液 20ml ivgtt",
+    "连花清瘟胶囊 4粒 tid",
+    "Hemoglobin 12.5 g/dL",
+    "BP 135/80 mmHg",
+    "HbA1c 7.2%",
+    "Creatinine 1.2 mg/dL",
+    "Foley catheter removed",
+    "no acute distress",
+    "Parkinson disease",
+    "WBC 6.5 x10^9/L",
+]
+ZH_COMPLAINTS = ["胸痛3天", "反复咳嗽2周", "发热伴寒战1天", "头晕乏力1月", "右上腹痛6小时"]
+
+
+def _zh_date(rng: random.Random) -> str:
+    y, m, d = rng.randint(2012, 2025), rng.randint(1, 12), rng.randint(1, 28)
+    return rng.choice(
+        [f"{y}年{m}月{d}日", f"{y}-{m:02d}-{d:02d}", f"{y}/{m}/{d}", f"{y}.{m:02d}.{d:02d}"]
     )
+
+
+def _en_date(rng: random.Random) -> str:
+    y, m, d = rng.randint(2012, 2025), rng.randint(1, 12), rng.randint(1, 28)
+    mon = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+    return rng.choice(
+        [
+            f"{m:02d}/{d:02d}/{y}",
+            f"{mon[m - 1]} {d}, {y}",
+            f"{d} {mon[m - 1]} {y}",
+            f"{y}-{m:02d}-{d:02d}",
+        ]
+    )
+
+
+def make_note(rng: random.Random, zh: Any, en: Any) -> tuple[str, list[tuple[str, str]], list[str]]:
+    """One bilingual note, its PHI values (type, verbatim text) and its clinical phrases."""
+    name, kin, doc, helper = (zh.name() for _ in range(4))
+    doc_sur = zh.last_name()
+    en_pt, en_doc = en.name(), f"{en.first_name()} {en.last_name()}"
+    rid = _rid(rng)
+    rid_shown = f"{rid[:6]} {rid[6:14]} {rid[14:]}" if rng.random() < 0.3 else rid
+    mobile = zh.phone_number()
+    mobile_shown = rng.choice([mobile, f"{mobile[:3]}-{mobile[3:7]}-{mobile[7:]}", f"+86 {mobile}"])
+    mrn = rng.choice(["", "ZY", "MZ"]) + str(rng.randint(100000, 99999999))
+    mrn_en = str(rng.randint(1000000, 9999999))
+    acc = f"RX{rng.randint(10**6, 10**7 - 1)}"
+    ssn = en.ssn()
+    phone_en = en.phone_number()
+    email = rng.choice([zh, en]).email()
+    addr_zh = zh.address().split(" ")[0]
+    addr_en = en.address().replace("\n", ", ")
+    d1, d2, d3 = _zh_date(rng), _zh_date(rng), _en_date(rng)
+    clin = rng.sample(TEXT_CLINICAL, 6)
+    sections = [
+        f"姓名：{name}  性别：{rng.choice('男女')}  住院号：{mrn}  床号：{rng.randint(1, 60)}",
+        f"患者{name}，{rng.choice('男女')}，{rng.randint(20, 85)}岁，"
+        f"因“{rng.choice(ZH_COMPLAINTS)}”于{d1}入院。{clin[0]}，{clin[1]}。",
+        f"身份证号：{rid_shown}，联系电话：{mobile_shown}，现住址：{addr_zh}。",
+        f"{name}否认高血压病史。{d2}复查：{clin[2]}。",
+        f"今日由{kin}陪同来诊，{clin[3]}。{helper}签字同意手术。",
+        f"{doc_sur}主任查房后指示：{clin[4]}。主治医师：{doc}",
+        f"Patient: {en_pt}. MRN: {mrn_en}. SSN {ssn}. Seen on {d3} by Dr. {en_doc}.",
+        f"Phone {phone_en}, e-mail {email}. Address: {addr_en}. Accession No. {acc}. {clin[5]}.",
+    ]
+    head, rest = sections[:2], sections[2:]
+    rng.shuffle(rest)
+    note = "\n".join(head + rest)
     phi = [
-        ("PERSON", zh),
-        ("RESIDENT_ID", rid),
-        ("PHONE", phone),
+        ("PERSON", name),
+        ("PERSON", kin),
+        ("PERSON", helper),
+        ("PERSON", doc),
+        ("PERSON", f"{doc_sur}主任"),
+        ("PERSON", en_pt),
+        ("PERSON", en_doc),
+        ("RESIDENT_ID", rid_shown),
+        ("PHONE", mobile_shown),
+        ("PHONE", phone_en),
         ("MEDICAL_ID", mrn),
-        ("DATE", d),
+        ("MEDICAL_ID", mrn_en),
+        ("MEDICAL_ID", acc),
+        ("SSN", ssn),
+        ("DATE", d1),
         ("DATE", d2),
-        ("PERSON", en),
+        ("DATE", d3),
         ("EMAIL", email),
+        ("ADDRESS", addr_zh),
+        ("ADDRESS", addr_en),
     ]
     return note, phi, clin
 
 
-def bench_text(n: int) -> list[dict[str, Any]]:
-    rng = random.Random(2)
-    notes = [make_note(rng) for _ in range(n)]
-    key = ProjectKey(b"bench-secret-0123456789abcdef0123")
-    results = []
+STRUCTURED = {"RESIDENT_ID", "PHONE", "MEDICAL_ID", "SSN", "DATE"}
 
-    def score(name: str, outs: list[str], dt: float) -> None:
+
+def _presidio_engine() -> Any:
+    """presidio-analyzer's AnalyzerEngine with every predefined English recognizer and a
+    blank spaCy pipeline: no model to download, so the spaCy NER recognizer finds nothing
+    (no PERSON, LOCATION); the pattern recognizers run as shipped. PhoneRecognizer gets CN
+    added to its default regions."""
+    import spacy
+    import tldextract
+    from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+    from presidio_analyzer.nlp_engine import SpacyNlpEngine
+    from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+
+    # EmailRecognizer validates domains with tldextract, which would fetch the public suffix
+    # list; use the snapshot tldextract ships.
+    tldextract.extract = tldextract.TLDExtract(suffix_list_urls=()).__call__
+
+    class BlankSpacyNlpEngine(SpacyNlpEngine):
+        def load(self) -> None:
+            self.nlp = {"en": spacy.blank("en")}
+
+    nlp = BlankSpacyNlpEngine(models=[{"lang_code": "en", "model_name": "blank"}])
+    nlp.load()
+    registry = RecognizerRegistry(supported_languages=["en"])
+    registry.load_predefined_recognizers(languages=["en"], nlp_engine=nlp)
+    registry.remove_recognizer("PhoneRecognizer")
+    regions = (*PhoneRecognizer.DEFAULT_SUPPORTED_REGIONS, "CN")
+    registry.add_recognizer(PhoneRecognizer(supported_regions=regions))
+    return AnalyzerEngine(registry=registry, nlp_engine=nlp, supported_languages=["en"])
+
+
+def _philter(notes: list[str]) -> Any:
+    """philter-ucsf 1.0.3 with its shipped configuration (configs/philter_delta.json: 304
+    regex, 5 regex_context, 3 word sets, 1 POS matcher) over a folder of the notes. Two
+    changes make it run on Python 3.11 offline, both applied here, not in the package:
+    its 160 patterns that put ``(?i)`` mid-pattern are compiled with re.IGNORECASE (the
+    meaning they had before 3.11, where such flags applied to the whole pattern), and
+    ``nltk.pos_tag`` (whose averaged-perceptron data is a download) is nltk's own
+    RegexpTagger: numbers CD, capitalised words NNP, the rest NN."""
+    import contextlib
+    import os
+    import re
+
+    import nltk
+    import philter_ucsf
+    from nltk.tag import RegexpTagger
+    from philter_ucsf import philter as ph
+
+    tagger = RegexpTagger([(r"^\d[\d.,]*$", "CD"), (r"^[A-Z][a-z]", "NNP"), (r".*", "NN")])
+    nltk.pos_tag = lambda tokens, *a, **k: tagger.tag(tokens)
+
+    def precompile(self: Any, filepath: str) -> re.Pattern[str]:
+        rx = Path(filepath).read_text().strip()
+        flags = re.IGNORECASE if "(?i)" in rx else 0
+        return re.compile(rx.replace("(?i)", ""), flags)
+
+    ph.Philter.precompile = precompile
+    tmp = Path(tempfile.mkdtemp(prefix="philter-"))
+    (tmp / "in").mkdir()
+    (tmp / "out").mkdir()
+    for i, note in enumerate(notes):
+        (tmp / "in" / f"{i:05d}.txt").write_text(note, encoding="utf-8")
+    config = {
+        "verbose": False,
+        "run_eval": False,
+        "finpath": f"{tmp}/in/",
+        "foutpath": f"{tmp}/out/",
+        "outformat": "asterisk",
+        "filters": "configs/philter_delta.json",
+    }
+
+    def run() -> list[str]:
+        cwd = os.getcwd()
+        os.chdir(Path(philter_ucsf.__file__).parent)  # the config's paths are relative
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # it prints every file name
+                f = ph.Philter(dict(config))
+                f.map_coordinates()
+                f.transform()
+        finally:
+            os.chdir(cwd)
+        return [
+            (tmp / "out" / f"{i:05d}.txt").read_text(encoding="utf-8") for i in range(len(notes))
+        ]
+
+    return run
+
+
+def bench_text(n: int) -> list[dict[str, Any]]:
+    from faker import Faker
+
+    from apps.deid.engine.text import rules, segmenter
+
+    rng = random.Random(2)
+    zh, en = Faker("zh_CN"), Faker("en_US")
+    zh.seed_instance(2)
+    en.seed_instance(2)
+    notes = [make_note(rng, zh, en) for _ in range(n)]
+    texts = [t for t, _, _ in notes]
+    key = ProjectKey(b"bench-secret-0123456789abcdef0123")
+    results: list[dict[str, Any]] = []
+
+    def score(name: str, outs: list[str], dt: float, how: str) -> None:
         per: dict[str, list[int]] = {}
         kept = total_clin = 0
         for (_, phi, clin), out in zip(notes, outs, strict=True):
@@ -250,37 +426,83 @@ def bench_text(n: int) -> list[dict[str, Any]]:
             total_clin += len(clin)
         caught = sum(c for c, _ in per.values())
         total = sum(t for _, t in per.values())
+        s_caught = sum(c for k, (c, _) in per.items() if k in STRUCTURED)
+        s_total = sum(t for k, (_, t) in per.items() if k in STRUCTURED)
         results.append(
             {
                 "tool": name,
+                "how": how,
                 "notes_per_s": round(n / dt, 1),
                 "recall": round(caught / total, 4),
+                "recall_structured": round(s_caught / s_total, 4),
                 "recall_by_type": {k: round(c / t, 4) for k, (c, t) in sorted(per.items())},
                 "clinical_kept": round(kept / total_clin, 4),
             }
         )
 
-    dt = float("inf")
-    for _ in range(ROUNDS):
-        t = time.perf_counter()
-        outs = [
-            deidentify_text(
-                note, key=key, context=PatientContext.build(key, patient_id=str(i))
-            ).text
-            for i, (note, _, _) in enumerate(notes)
-        ]
-        dt = min(dt, time.perf_counter() - t)
-    score("medctl text engine (rules)", outs, dt)
-    try:
-        from presidio_analyzer import AnalyzerEngine  # noqa: F401
+    def timed(fn: Any) -> tuple[list[str], float]:
+        outs: list[str] = []
+        dt = float("inf")
+        for _ in range(ROUNDS):
+            t = time.perf_counter()
+            outs = fn()
+            dt = min(dt, time.perf_counter() - t)
+        return outs, dt
 
-        results.append({"tool": "presidio-analyzer", "status": "installed but not wired here"})
+    false_persons: list[str] = []
+
+    def ours() -> list[str]:
+        segmenter._clause_names.cache_clear()  # each round segments every clause again
+        false_persons.clear()
+        outs = []
+        for i, (t, phi, _) in enumerate(notes):
+            res = deidentify_text(t, key=key, context=PatientContext.build(key, patient_id=str(i)))
+            names = [v for typ, v in phi if typ == "PERSON"]
+            # A PERSON span that is part of no generated name is a false positive.
+            false_persons.extend(
+                t[f.start : f.end]
+                for f in res.findings
+                if f.type == "PERSON" and not any(t[f.start : f.end] in v for v in names)
+            )
+            outs.append(res.text)
+        return outs
+
+    t0 = time.perf_counter()
+    ours()  # warm-up: jieba's dictionary loads once per process
+    cold = time.perf_counter() - t0
+    outs, dt = timed(ours)
+    score("medctl text engine (rules + jieba person tags)", outs, dt, f"first pass {cold:.2f} s")
+    results[-1]["person_false_positives"] = len(false_persons)
+    real = rules.segmenter_person_spans
+    rules.segmenter_person_spans = lambda *a, **k: iter(())  # type: ignore[assignment]
+    try:
+        outs, dt = timed(ours)
+    finally:
+        rules.segmenter_person_spans = real
+    score("medctl text engine (rules only)", outs, dt, "segmenter switched off")
+    results[-1]["person_false_positives"] = len(false_persons)
+
+    try:
+        engine = _presidio_engine()
+
+        def presidio() -> list[str]:
+            outs = []
+            for t in texts:
+                spans = engine.analyze(t, language="en")
+                out = t
+                for r in sorted(spans, key=lambda r: r.start, reverse=True):
+                    out = out[: r.start] + f"<{r.entity_type}>" + out[r.end :]
+                outs.append(out)
+            return outs
+
+        outs, dt = timed(presidio)
+        score("presidio-analyzer", outs, dt, "predefined en recognizers, blank spaCy")
     except ImportError as exc:
         results.append({"tool": "presidio-analyzer", "status": f"not run: {exc}"})
     try:
-        import philter_ucsf  # noqa: F401
-
-        results.append({"tool": "philter-ucsf", "status": "installed but not wired here"})
+        philter = _philter(texts)
+        outs, dt = timed(philter)
+        score("philter-ucsf", outs, dt, "philter_delta.json, RegexpTagger POS")
     except ImportError as exc:
         results.append({"tool": "philter-ucsf", "status": f"not run: {exc}"})
     return results
