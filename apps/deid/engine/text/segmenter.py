@@ -222,10 +222,11 @@ def tagged_name_at(text: str, start: int) -> int | None:
     """End of a name that starts at ``start``, when jieba tags the word there as a person and
     a name's position follows it (the clause end, or a word like 否认, 诉, 男). Lets a cue
     accept a surname that is also an everyday word (患者于晨，… but not 患者于晨起时…)."""
-    m = CJK_RUN.search(text, max(0, start - 8))
-    while m is not None and m.end() <= start:
-        m = CJK_RUN.search(text, m.end())
-    if m is None or m.start() > start:
+    first = start
+    while first > 0 and "\u4e00" <= text[first - 1] <= "\u9fff":
+        first -= 1
+    m = CJK_RUN.match(text, first)
+    if m is None or m.end() <= start:
         return None
     run = m.group(0)
     pos = m.start()
