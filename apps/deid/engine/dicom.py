@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import (
+    UID,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -96,6 +97,10 @@ def read_dicom(data: bytes) -> Dataset:
             ds = pydicom.dcmread(io.BytesIO(data), force=True)
             _check_consumed(ds, len(data))
             _touch(ds, 0)
+            meta = getattr(ds, "file_meta", None)
+            if meta is not None:
+                for tag in list(meta._dict):
+                    _ = meta[tag].value
     except DeidError:
         raise
     except RecursionError:
@@ -106,6 +111,9 @@ def read_dicom(data: bytes) -> Dataset:
         raise CorruptInputError("no data elements", reason="dicom_empty")
     if "SOPClassUID" not in ds and "PixelData" not in ds and "PatientID" not in ds:
         raise CorruptInputError("no SOP Class, patient or pixel data", reason="dicom_not_a_dataset")
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is not None and not (isinstance(ts, UID) and ts.is_transfer_syntax):
+        raise CorruptInputError("transfer syntax unknown", reason="dicom_unparseable")
     _check_pixel_length(ds)
     return ds
 
@@ -227,7 +235,10 @@ def patient_context(ds: Dataset, key: ProjectKey) -> PatientContext:
             ids.extend(_str_values(ds[tag]))
 
     def collect(d: Dataset) -> None:
-        for e in d:
+        for tag, raw in list(d._dict.items()):
+            if isinstance(raw, RawDataElement) and _raw_vr(raw) in _SKIP_VRS:
+                continue  # numbers and bytes name no one: left undecoded, written back raw
+            e = d[tag]
             if e.VR == "PN":
                 names.extend(_str_values(e))
             elif e.VR == "SQ":
@@ -576,6 +587,10 @@ class DicomDeidentifier:
                 w.actions["X"] += 1
                 del ds[tag]
                 continue
+            if action is None and not _known_public(int(tag)):
+                w.actions["X_unknown"] += 1
+                del ds[tag]
+                continue
             raw = ds._dict[tag]
             if not _needs_value(raw, action):
                 if action == "K":
@@ -586,9 +601,6 @@ class DicomDeidentifier:
                 if action == "U*":
                     action = "K" if elem.VR == "SQ" else "U"
                 self._apply(w, ds, elem, action, depth)
-            elif not dictionary_has_tag(tag) and not _is_repeating_known(int(tag)):
-                w.actions["X_unknown"] += 1
-                del ds[tag]
             else:
                 self._strict(w, ds, elem, depth)
         for t in list(ds._dict.keys()):
@@ -643,8 +655,14 @@ class DicomDeidentifier:
                 "burned-in text suspected and no OCR configured", reason="ocr_required"
             )
         w, pseudonym = self.deidentify_dataset(ds, pixels_cleaned=pixels_cleaned, context=ctx)
-        out = write_dicom(ds)
-        residual = find_residual(ds, out, w.ctx)
+        try:
+            out = write_dicom(ds)
+        except Exception as exc:  # pydicom refuses what it read leniently; messages may quote
+            raise CorruptInputError(type(exc).__name__, reason="dicom_unwritable") from None
+        try:
+            residual = find_residual(ds, out, w.ctx)
+        except Exception as exc:  # an element pydicom cannot decode cannot be checked either
+            raise CorruptInputError(type(exc).__name__, reason="dicom_unparseable") from None
         if residual:
             raise UnsafeOutputError(
                 f"identifier still present in {len(residual)} element(s): "
@@ -716,6 +734,19 @@ def _cap_age(value: str) -> str:
     return value
 
 
+_KNOWN_PUBLIC: dict[int, bool] = {}
+
+
+def _known_public(tag: int) -> bool:
+    """Whether a public tag is in pydicom's dictionary (repeating groups included)."""
+    known = _KNOWN_PUBLIC.get(tag)
+    if known is None:
+        known = dictionary_has_tag(tag) or _is_repeating_known(tag)
+        if len(_KNOWN_PUBLIC) < 65536:  # unknown tags in hostile files must not grow it
+            _KNOWN_PUBLIC[tag] = known
+    return known
+
+
 def _is_repeating_known(tag: int) -> bool:
     # Overlay (60xx) and curve (50xx) groups repeat; pydicom's dictionary lists them masked.
     group = tag >> 16
@@ -754,6 +785,11 @@ def write_dicom(ds: Dataset, *, original: Dataset | None = None) -> bytes:
     return buf.getvalue()
 
 
+# Raw elements of these VRs hold binary numbers or data, not text; OB/UN may hold anything and
+# IS/DS are digits as text, so those are searched.
+_UNSEARCHED_RAW_VRS = _SKIP_VRS - {"OB", "UN", "IS", "DS"}
+
+
 def find_residual(ds: Dataset, out: bytes, ctx: PatientContext) -> list[str]:
     """Element paths (``GGGGEEEE[i].GGGGEEEE``) whose value still holds a known identifier,
     checked on the decoded data set and, for every encoding a value could take, on the raw
@@ -767,9 +803,9 @@ def find_residual(ds: Dataset, out: bytes, ctx: PatientContext) -> list[str]:
     def scan(d: Dataset, path: str) -> None:
         for tag, raw in list(d._dict.items()):
             if tag == PIXEL_DATA or (
-                isinstance(raw, RawDataElement) and _raw_vr(raw) in _SKIP_VRS - {"OB", "UN"}
+                isinstance(raw, RawDataElement) and _raw_vr(raw) in _UNSEARCHED_RAW_VRS
             ):
-                continue
+                continue  # numbers and binary data left raw
             e = d[tag]
             p = f"{path}{int(e.tag):08X}"
             if e.VR == "SQ":

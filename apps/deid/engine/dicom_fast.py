@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pydicom import __version_info__ as _PYDICOM_VERSION
-from pydicom.datadict import dictionary_has_tag, dictionary_VR, private_dictionary_VR
+from pydicom.datadict import dictionary_VR, private_dictionary_VR
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
 from .dicom import (
@@ -33,8 +33,8 @@ from .dicom import (
     DicomDeidentifier,
     KnownMatcher,
     _cap_age,
-    _is_repeating_known,
     _known_matcher,
+    _known_public,
     _shift_da,
     _shift_dt,
     _Walk,
@@ -145,8 +145,8 @@ def _parse_dataset(
             if vr is None:
                 raise Fallback("unknown VR")
             if vr in _LONG_VRS:
-                if pos + 12 > end:
-                    raise Fallback("short element")
+                if pos + 12 > end or buf[pos + 6 : pos + 8] != b"\x00\x00":
+                    raise Fallback("short element or reserved bytes set")
                 length = _U32(buf, pos + 8)[0]
                 el = _El(tag, vr, pos, pos + 12)
             else:
@@ -269,8 +269,8 @@ def _parse_meta(buf: bytes) -> tuple[list[_El], int]:
         if vr is None:
             raise Fallback("meta VR")
         if vr in _LONG_VRS:
-            if pos + 12 > len(buf):
-                raise Fallback("meta truncated")
+            if pos + 12 > len(buf) or buf[pos + 6 : pos + 8] != b"\x00\x00":
+                raise Fallback("meta truncated or reserved bytes set")
             length = _U32(buf, pos + 8)[0]
             el = _El((group << 16) | number, vr, pos, pos + 12)
         else:
@@ -301,10 +301,10 @@ def _decode(raw: bytes, vr: str, codec: str) -> list[str]:
         raise Fallback("undecodable value") from None
     if vr == "UR":
         return [text.rstrip()]
-    if vr == "AE":
+    if vr in ("AE", "IS", "DS"):
         return [v.strip() for v in text.split("\\")]
-    if vr in ("IS", "DS"):
-        return [v.strip() for v in text.split("\\")]
+    if vr == "UI":  # pydicom's UID strips surrounding whitespace too
+        return [v.strip() for v in text.rstrip(" \x00").split("\\")]
     return text.rstrip(" \x00").split("\\")
 
 
@@ -381,6 +381,9 @@ class FastRewriter:
             if action == "X":
                 w.actions["X"] += 1
                 continue
+            if action is None and not _known_public(tag):
+                w.actions["X_unknown"] += 1
+                continue
             vr = el.vr
             if vr in _SKIP_VRS and action in (None, "K"):
                 if action == "K":
@@ -396,9 +399,6 @@ class FastRewriter:
                     out.append((tag, self._sequence(el, items, depth)))
                     continue
                 new = self._apply(el, action, depth)
-            elif not dictionary_has_tag(tag) and not _is_repeating_known(tag):
-                w.actions["X_unknown"] += 1
-                continue
             elif vr == "SQ":
                 out.append((tag, self._sequence(el, el.items or [], depth)))
                 continue
@@ -432,8 +432,10 @@ class FastRewriter:
             return
         if converted and vr not in _BINARY_VRS:
             raise Fallback(f"decoded {vr} kept")  # numbers and tags: rare, left to pydicom
-        searched = _BINARY_VRS if converted else ("OB", "UN")  # as dicom.find_residual does
-        if vr in searched and tag != PIXEL_DATA:
+        if vr in ("IS", "DS"):  # digits as text: searched like any string
+            self.strings.extend(self.values(el))
+        elif vr in (_BINARY_VRS if converted else ("OB", "UN")) and tag != PIXEL_DATA:
+            # as dicom.find_residual: bytes that may hold text are searched as Latin-1
             self.strings.append(self.buf[el.vs : el.ve].decode("latin-1"))
         out.append((tag, [memoryview(self.buf)[el.start : el.end]]))
 
@@ -605,7 +607,7 @@ def _rewrite(
     meta, pos = _parse_meta(data)
     meta_by_tag = {el.tag: el for el in meta}
     ts_el = meta_by_tag.get(0x00020010)
-    if ts_el is None:
+    if ts_el is None or ts_el.vr != "UI":
         raise Fallback("no transfer syntax")
     ts = UID(data[ts_el.vs : ts_el.ve].decode("latin-1").rstrip("\x00 "))
     if not ts.is_transfer_syntax or not ts.is_little_endian or ts.is_deflated:
@@ -796,10 +798,26 @@ def _meta(
 ) -> list[bytes]:
     """The file meta group as ``dicom.write_dicom`` + pydicom's enforce_file_format write it."""
     out: dict[int, bytes] = {}
+    empty: set[int] = set()
     for el in meta:
         if el.tag in (0x00020000, 0x00020016, 0x00020100, 0x00020102):
             continue
-        out[el.tag] = data[el.start : el.end]
+        # The reference decodes every meta element to validate it, so it writes them re-encoded.
+        value = data[el.vs : el.ve]
+        if el.vr in _STRING_VRS:
+            values = _decode(value, el.vr, "latin-1")
+            if any(values):
+                out[el.tag] = _element(el.tag, el.vr, values, "latin-1")
+            else:
+                out[el.tag] = _header(el.tag, el.vr, 0)
+                empty.add(el.tag)
+        elif el.vr in ("OB", "UN"):
+            padded = value + b"\x00" * (len(value) & 1)
+            out[el.tag] = _header(el.tag, el.vr, len(padded)) + padded
+            if not value:
+                empty.add(el.tag)
+        else:
+            out[el.tag] = data[el.start : el.end]
     written = dict(body)
     for src, dst in ((0x00080016, 0x00020002), (0x00080018, 0x00020003)):
         if src in written:
@@ -808,25 +826,26 @@ def _meta(
             if not uid:
                 raise Fallback("empty SOP UID")
             out[dst] = _element(dst, "UI", [uid], "latin-1")
-    if 0x00020001 not in out or len(out[0x00020001]) == 12:
+    if 0x00020001 not in out or 0x00020001 in empty:
         out[0x00020001] = _header(0x00020001, "OB", 2) + b"\x00\x01"
-    if 0x00020012 not in out or len(out[0x00020012]) == 8:
+    if 0x00020012 not in out or 0x00020012 in empty:
         out[0x00020012] = _element(0x00020012, "UI", [PYDICOM_IMPLEMENTATION_UID], "latin-1")
     if 0x00020013 not in out:
         name = f"PYDICOM {'.'.join(_PYDICOM_VERSION)}"
         out[0x00020013] = _element(0x00020013, "SH", [name], "latin-1")
     for tag in (0x00020002, 0x00020003, 0x00020010):
-        if tag not in out:
+        if tag not in out or tag in empty:
             raise Fallback("meta incomplete")
     chunks = [out[t] for t in sorted(out)]
     for chunk in chunks:
         vr = chunk[4:6].decode("latin-1")
         hdr = 12 if vr in _LONG_VRS else 8
-        if vr == "OB":
+        if vr in ("OB", "UN"):
             rw.strings.append(chunk[hdr:].decode("latin-1"))
         elif vr in _STRING_VRS and vr != "UI":
             rw.strings.extend(_decode(chunk[hdr:], vr, "latin-1"))
     group_length = sum(len(c) for c in chunks)
+    rw.strings.append(str(group_length))  # the reference searches the decoded meta, this too
     return [_SHORT_HDR(0x0002, 0x0000, b"UL", 4) + struct.pack("<L", group_length), *chunks]
 
 

@@ -9,6 +9,8 @@ import warnings
 import numpy as np
 import pydicom
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
@@ -17,6 +19,7 @@ from apps.deid.engine import DeidProfile, ProjectKey, PseudonymVault, SafePrivat
 from apps.deid.engine.dicom import DicomDeidentifier
 from apps.deid.engine.errors import DeidError
 from apps.deid.engine.profile import OcrSettings
+from tests.deid.engine.conftest import build_dataset, to_bytes
 from tests.deid.engine.test_real_files import FILES
 
 NO_OCR = DeidProfile(ocr=OcrSettings(enabled=False))
@@ -212,3 +215,33 @@ def test_it_matches_the_reference_on_every_pydicom_sample() -> None:
         assert fast.actions == ref.actions, path.name
         assert fast.findings == ref.findings, path.name
     assert taken > 20
+
+
+_SEEDS: list[bytes] = []
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    seed=st.integers(0, 3),
+    edits=st.lists(
+        st.tuples(st.floats(0, 1), st.integers(0, 255), st.booleans()), min_size=1, max_size=4
+    ),
+)
+def test_damaged_files_get_the_reference_outcome(seed: int, edits) -> None:
+    if not _SEEDS:
+        for charset in ("ISO_IR 192", ""):
+            for syntax in (None, ImplicitVRLittleEndian):
+                ds = build_dataset(charset=charset, name="Zhang^Wei")
+                if syntax:
+                    ds.file_meta.TransferSyntaxUID = syntax
+                _SEEDS.append(to_bytes(ds))
+    data = bytearray(_SEEDS[seed])
+    for where, value, delete in edits:
+        pos = 132 + int(where * (len(data) - 260))
+        if delete:
+            del data[pos : pos + 1 + value % 8]
+        else:
+            data[pos] = value
+    deid = DicomDeidentifier(ProjectKey(b"damaged-files-secret-0123456789ab"), NO_OCR)
+    fast, ref = both(deid, bytes(data))  # refusals must match
+    assert_same(fast, ref)
