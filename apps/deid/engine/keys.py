@@ -47,7 +47,8 @@ class ProjectKey:
     def digest(self, label: str, value: str | bytes) -> bytes:
         """HMAC-SHA256 of ``value`` under the sub-key for ``label``."""
         data = value.encode("utf-8") if isinstance(value, str) else value
-        return hmac.new(self._subkey(label), data, hashlib.sha256).digest()
+        # one-shot HMAC in OpenSSL: the walk derives a UID per element
+        return hmac.digest(self._subkey(label), data, "sha256")
 
     def uid(self, original: str) -> str:
         """A valid ``2.25.<int>`` UID (at most 44 characters) for ``original``."""
