@@ -18,6 +18,7 @@ from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian, JPEGBaselin
 from apps.deid.engine import DeidProfile, ProjectKey, PseudonymVault, SafePrivate
 from apps.deid.engine.dicom import DicomDeidentifier
 from apps.deid.engine.errors import DeidError
+from apps.deid.engine.pixels import PixelCleaner
 from apps.deid.engine.profile import OcrSettings
 from tests.deid.engine.conftest import build_dataset, to_bytes
 from tests.deid.engine.test_real_files import FILES
@@ -244,4 +245,21 @@ def test_damaged_files_get_the_reference_outcome(seed: int, edits) -> None:
             data[pos] = value
     deid = DicomDeidentifier(ProjectKey(b"damaged-files-secret-0123456789ab"), NO_OCR)
     fast, ref = both(deid, bytes(data))  # refusals must match
+    assert_same(fast, ref)
+
+
+@pytest.mark.parametrize(("modality", "path"), [("CT", "fast"), ("US", "reference")])
+def test_files_whose_pixels_need_ocr_take_the_reference_path(
+    key, make_dicom, modality, path
+) -> None:
+    class NoText:
+        def detect(self, rgb):
+            return []
+
+    cleaner = PixelCleaner(NoText())
+    deid = DicomDeidentifier(key, DeidProfile())
+    data = make_dicom(modality=modality)
+    fast = deid.deidentify_bytes(data, pixel_cleaner=cleaner)
+    ref = deid.deidentify_bytes(data, pixel_cleaner=cleaner, fast=False)
+    assert fast.path == path
     assert_same(fast, ref)
