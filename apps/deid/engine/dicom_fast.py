@@ -461,35 +461,33 @@ class FastRewriter:
         vr = el.vr
         deid, w = self.deid, self.w
         if action == "Z":
-            if el.tag == 0x00100010 and depth == 0:
-                return []  # the top-level patient name gets the pseudonym in _finish
-            return []
+            return []  # (the top-level patient name is then replaced by the pseudonym)
         if action == "K":
             if vr == "AS":
-                return self._changed(el, lambda v: _map(v, _cap_age))
+                return self._new_values(el, lambda v: _map(v, _cap_age))
             return _KEEP
         if vr not in _STRING_VRS:
             if action == "D" and vr in _NUMERIC_VRS:
                 raise Fallback("numeric dummy")
-            if action in ("D",):
+            if action == "D":
                 return []
             if action == "C":
                 return _KEEP
             raise Fallback(f"{action} on {vr}")
         if action == "D":
             if vr == "UI":
-                return self._changed(el, lambda v: _map(v, deid._uid))
+                return self._new_values(el, lambda v: _map(v, deid._uid))
             if vr in ("DA", "DT"):
                 values = self.values(el)
                 single = values[0] if len(values) == 1 else ""
                 fn = _shift_da if vr == "DA" else _shift_dt
                 shifted = fn(single, w.shift) if single else ""
-                return self._changed(el, lambda v: [shifted or _DUMMY[vr]])
+                return self._new_values(el, lambda v: [shifted or _DUMMY[vr]])
             if vr in _DUMMY:
-                return self._changed(el, lambda v: [_DUMMY[vr]])
+                return self._new_values(el, lambda v: [_DUMMY[vr]])
             return []
         if action == "U":
-            return self._changed(el, lambda v: _map(v, deid._uid))
+            return self._new_values(el, lambda v: _map(v, deid._uid))
         if action == "C":
             return self._clean(el)
         raise AssertionError(f"unknown action {action}")
@@ -498,11 +496,11 @@ class FastRewriter:
         vr = el.vr
         deid, w = self.deid, self.w
         if vr == "DA":
-            return self._changed(el, lambda v: _map(v, lambda s: _shift_da(s, w.shift)))
+            return self._new_values(el, lambda v: _map(v, lambda s: _shift_da(s, w.shift)))
         if vr == "DT":
-            return self._changed(el, lambda v: _map(v, lambda s: _shift_dt(s, w.shift)))
+            return self._new_values(el, lambda v: _map(v, lambda s: _shift_dt(s, w.shift)))
         if vr == "UI":
-            return self._changed(el, lambda v: _map(v, deid._uid))
+            return self._new_values(el, lambda v: _map(v, deid._uid))
         if vr in _TEXT_VRS or vr in _SHORT_TEXT_VRS or vr == "PN":
             limit = 16 if vr in ("SH", "CS", "AE") else 64 if vr in ("LO", "PN") else 0
 
@@ -510,9 +508,9 @@ class FastRewriter:
                 out = _resplit(_map(v, lambda s: deid._clean_text(w, s)), vr)
                 return _map(out, lambda s: s[:limit]) if limit else out
 
-            return self._changed(el, clean)
+            return self._new_values(el, clean)
         if vr == "AS":
-            return self._changed(el, lambda v: _map(v, _cap_age))
+            return self._new_values(el, lambda v: _map(v, _cap_age))
         return _KEEP
 
     def _strict(self, el: _El) -> list[str]:
@@ -522,28 +520,28 @@ class FastRewriter:
         if vr == "UI":
             if profile.retain_uids:
                 return _KEEP
-            return self._changed(el, lambda v: _map(v, deid._uid))
+            return self._new_values(el, lambda v: _map(v, deid._uid))
         if not profile.strict:
             return _KEEP
         values = self.values(el)
         truthy = len(values) > 1 or values[0] != ""
         if not truthy:
-            return self._changed(el, lambda v: v, values)
+            return self._new_values(el, lambda v: v, values)
         if vr == "PN":
             w.actions["strict_PN"] += 1
-            return self._changed(el, lambda v: ["ANONYMIZED"], values)
+            return self._new_values(el, lambda v: ["ANONYMIZED"], values)
         if vr in ("DA", "DT"):
             w.actions["strict_date"] += 1
             if not profile.retain_long_modified_dates:
                 return []
             fn = _shift_da if vr == "DA" else _shift_dt
-            return self._changed(el, lambda v: _map(v, lambda s: fn(s, w.shift)), values)
+            return self._new_values(el, lambda v: _map(v, lambda s: fn(s, w.shift)), values)
         if vr in _TEXT_VRS:
             w.actions["strict_text"] += 1
-            return self._changed(el, lambda v: _map(v, lambda s: deid._clean_text(w, s)), values)
+            return self._new_values(el, lambda v: _map(v, lambda s: deid._clean_text(w, s)), values)
         if vr in ("LO", "SH", "UC"):
             limit = {"SH": 16, "LO": 64}.get(vr, 10**6)
-            return self._changed(
+            return self._new_values(
                 el,
                 lambda v: _resplit(
                     _map(v, lambda s: deid._clean_text(w, deid._scrub_known(w, s))[:limit]),
@@ -552,14 +550,14 @@ class FastRewriter:
                 values,
             )
         if vr in _SHORT_TEXT_VRS:
-            return self._changed(
+            return self._new_values(
                 el, lambda v: _resplit(_map(v, lambda s: deid._scrub_known(w, s)), vr), values
             )
         if vr == "AS":
-            return self._changed(el, lambda v: _map(v, _cap_age), values)
-        return self._changed(el, lambda v: v, values)
+            return self._new_values(el, lambda v: _map(v, _cap_age), values)
+        return self._new_values(el, lambda v: v, values)
 
-    def _changed(
+    def _new_values(
         self,
         el: _El,
         fn: Callable[[list[str]], list[str]],
