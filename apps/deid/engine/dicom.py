@@ -655,6 +655,11 @@ class DicomDeidentifier:
                 "burned-in text suspected and no OCR configured", reason="ocr_required"
             )
         w, pseudonym = self.deidentify_dataset(ds, pixels_cleaned=pixels_cleaned, context=ctx)
+        meta = getattr(ds, "file_meta", None)
+        if meta is not None and "SOPInstanceUID" not in ds and "MediaStorageSOPInstanceUID" in meta:
+            # Without a SOPInstanceUID in the data set, write_dicom has nothing to copy into the
+            # file meta, which would keep the original instance UID: map it like any UID.
+            meta.MediaStorageSOPInstanceUID = self._uid(str(meta.MediaStorageSOPInstanceUID))
         try:
             out = write_dicom(ds)
         except Exception as exc:  # pydicom refuses what it read leniently; messages may quote
@@ -754,6 +759,11 @@ def _is_repeating_known(tag: int) -> bool:
 
 
 # ------------------------------------------------------------------------------------------
+# File meta elements never written out: the source, sending and receiving AE titles (they name
+# the sites' devices) and the private information of the creating application.
+META_DROPPED = (0x00020016, 0x00020017, 0x00020018, 0x00020100, 0x00020102)
+
+
 def write_dicom(ds: Dataset, *, original: Dataset | None = None) -> bytes:
     """Serialise with a valid file meta header (adding one for headerless input)."""
     meta = getattr(ds, "file_meta", None)
@@ -772,7 +782,7 @@ def write_dicom(ds: Dataset, *, original: Dataset | None = None) -> bytes:
         meta.MediaStorageSOPClassUID = ds.SOPClassUID
     if "SOPInstanceUID" in ds:
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    for t in (0x00020016, 0x00020100, 0x00020102):  # source AE title, private info
+    for t in META_DROPPED:
         if t in meta:
             del meta[t]
     # The preamble is free for applications (a TIFF header in dual-personality files) and

@@ -30,6 +30,7 @@ from .dicom import (
     _DUMMY,
     _PATIENT_ID_TAGS,
     _PATIENT_NAME_TAGS,
+    META_DROPPED,
     DicomDeidentifier,
     KnownMatcher,
     _cap_age,
@@ -798,7 +799,7 @@ def _meta(
     out: dict[int, bytes] = {}
     empty: set[int] = set()
     for el in meta:
-        if el.tag in (0x00020000, 0x00020016, 0x00020100, 0x00020102):
+        if el.tag == 0x00020000 or el.tag in META_DROPPED:
             continue
         # The reference decodes every meta element to validate it, so it writes them re-encoded.
         value = data[el.vs : el.ve]
@@ -831,6 +832,8 @@ def _meta(
     if 0x00020013 not in out:
         name = f"PYDICOM {'.'.join(_PYDICOM_VERSION)}"
         out[0x00020013] = _element(0x00020013, "SH", [name], "latin-1")
+    if 0x00080018 not in written:
+        raise Fallback("no SOPInstanceUID: the reference maps the meta's instance UID")
     for tag in (0x00020002, 0x00020003, 0x00020010):
         if tag not in out or tag in empty:
             raise Fallback("meta incomplete")

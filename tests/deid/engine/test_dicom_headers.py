@@ -499,3 +499,27 @@ def test_an_output_can_be_de_identified_again(key, make_dicom) -> None:
     assert twice.status == "ok", twice.reason
     a, b = read(once.output), read(twice.output)
     assert b.PixelData == a.PixelData and b.Rows == a.Rows
+
+
+def test_file_meta_keeps_no_instance_uid_or_ae_title_of_the_source(
+    key, make_dataset, dataset_bytes
+) -> None:
+    """The meta group names the instance and the devices that sent it; none of it survives.
+
+    Also when the data set lacks its SOPInstanceUID (nothing to copy into the meta then).
+    """
+    ds = make_dataset()
+    original_uid = "1.2.826.0.1.3680043.8.498.777"
+    del ds.SOPInstanceUID
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = original_uid
+    ds.file_meta.add_new(0x00020017, "AE", "SENDER_BJXH")
+    ds.file_meta.add_new(0x00020018, "AE", "RECEIVER_BJXH")
+    res = deidentify_dicom(dataset_bytes(ds), key=key, profile=NO_OCR)
+    assert res.status == "ok", res.reason
+    out = read(res.output)
+    for tag in (0x00020016, 0x00020017, 0x00020018):
+        assert tag not in out.file_meta
+    assert out.file_meta.MediaStorageSOPInstanceUID == key.uid(original_uid)
+    assert original_uid.encode() not in res.output
+    assert b"BJXH" not in res.output
