@@ -376,8 +376,11 @@ def pack_version(pk: int, *, progress: ProgressCallback | None = None) -> Datase
         shutil.rmtree(tmp, ignore_errors=True)
         if final.exists() and not DatasetVersion.objects.filter(pk=pk, status="ready").exists():
             shutil.rmtree(final, ignore_errors=True)
-        reason = str(exc) if isinstance(exc, DatasetError) else type(exc).__name__
-        if not isinstance(exc, DatasetError):
+        # The writer's errors name ids and sample keys only (a DICOM file changed since its
+        # de-id run is found as it is copied).
+        known = isinstance(exc, DatasetError | ShardFormatError)
+        reason = str(exc) if known else type(exc).__name__
+        if not known:
             logger.exception("packing dataset version %s failed", pk)
         return _fail(version, reason[:300])
 
@@ -423,11 +426,8 @@ def _write(
                 logger.warning("sample %s skipped: %s", plan.key, reason)
                 skipped[reason] = skipped.get(reason, 0) + len(plan.files)
                 continue
-            try:
-                for sample in samples:
-                    writer.write(sample)
-            except ShardFormatError as exc:  # a DICOM file changed since its de-id run
-                raise DatasetError(str(exc)) from None
+            for sample in samples:
+                writer.write(sample)
             tokens += text_tokens
             for f in plan.files:
                 key, member = packing.member_of(plan, f)

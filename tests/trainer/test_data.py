@@ -150,6 +150,24 @@ def test_dicom_members_are_copied_as_they_are_and_read_back_as_hu_stacks(tmp_pat
         ]
 
 
+def test_early_writeback_changes_no_byte_of_the_shards(tmp_path, monkeypatch) -> None:
+    from trainer.data import shards
+
+    (tmp_path / "in").mkdir()
+    files = [_dicom(tmp_path / "in" / f"{n}.dcm", np.full((8, 8), n), instance=n) for n in (1, 2)]
+    for name, writeback in (("late", shards._WRITEBACK), ("early", 1)):
+        monkeypatch.setattr(shards, "_WRITEBACK", writeback)  # 1: after every DICOM file
+        with ShardWriter(tmp_path / name) as w:
+            w.write(sample(0, dicom=files))
+            w.write(sample(1, dicom=files[:1]))
+    late, early = (
+        (tmp_path / "late" / "shard-000000.tar"),
+        (tmp_path / "early" / "shard-000000.tar"),
+    )
+    assert early.read_bytes() == late.read_bytes()
+    ShardReader(tmp_path / "early", verify=True)  # the sha256 hashed while writing holds
+
+
 def test_the_writer_refuses_a_dicom_file_that_differs_from_its_sha256(tmp_path) -> None:
     (tmp_path / "in").mkdir()
     good = _dicom(tmp_path / "in" / "1.dcm", np.zeros((2, 2)), instance=1)

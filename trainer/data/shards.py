@@ -22,7 +22,8 @@ sha256 of member n at position n). The reader decodes them into the same int16/u
 so packing copies bytes and the decoding happens once per read, in the loader's workers.
 
 The writer frames the tar itself (fixed USTAR headers: mtime 0, uid/gid 0, no names, mode
-0444) and hashes the shard as it writes it, on a helper thread, so no shard is read back.
+0444). It reads each DICOM file once; two helper threads hash what it writes, one checking each
+file against its pinned sha256, one hashing the shard for the manifest (no shard is read back).
 
 Change the format only by raising ``FORMAT_VERSION`` and keeping readers of the old one.
 """
@@ -49,8 +50,11 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 _KEY = re.compile(r"^[A-Za-z0-9_\-]+$")  # WebDataset splits member names at the first dot
 _DICOM = re.compile(r"^(\d+)\.dcm$")
-_CHUNK = 4 << 20  # bytes read, checked, written and hashed at a time when copying a file
+_CHUNK = 1 << 20  # bytes read, written and hashed at a time when copying a file
 _END = tarfile.NUL * (2 * tarfile.BLOCKSIZE)  # end-of-archive marker
+# Written bytes handed to the kernel for writeback at a time, so the disk writes while the
+# next files are copied and hashed instead of all at the closing fsync.
+_WRITEBACK = 16 << 20
 
 
 class ShardFormatError(ValueError):
@@ -142,52 +146,81 @@ def _check_image(key: str, array: np.ndarray) -> None:
         )
 
 
-class _ShardHash:
-    """SHA-256 of a shard computed on a helper thread from the bytes as they are written.
+class _Hashing:
+    """The writer's two SHA-256 jobs, on two helper threads in a chain, fed with the bytes as
+    they are written: the first checks each copied file against its pinned sha256, the
+    second hashes the shard (for the manifest; the shard is never read back).
 
-    hashlib releases the GIL on large buffers, so hashing the shard overlaps reading and
-    checking the next file, and the shard is never read back. Large copies go through the
-    pooled buffers of ``buffer()``, returned to the pool once hashed, so a copy allocates
-    nothing (fresh memory for every file costs page faults).
+    hashlib releases the GIL on large buffers, so the writing thread only reads and writes.
+    File bytes travel in pooled buffers that the last stage hands back (no fresh memory, and
+    its page faults, per file). A file that differs is reported through ``error()`` a little
+    after it was written: the writer checks after each sample and before finishing a shard.
     """
 
-    def __init__(self, buffers: int = 4) -> None:
-        self._digest = hashlib.sha256()
-        self._work: queue.SimpleQueue[tuple[bytes | bytearray, int] | None] = queue.SimpleQueue()
+    def __init__(self, buffers: int = 16) -> None:
+        self._shard = hashlib.sha256()
+        self._errors: list[str] = []
+        self._check_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._shard_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         for _ in range(buffers):
             self._free.put(bytearray(_CHUNK))
-        self._pooled = buffers
-        self._thread = threading.Thread(target=self._run, name="shard-sha256", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._check, name="file-sha256", daemon=True),
+            threading.Thread(target=self._hash_shard, name="shard-sha256", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
-    def _run(self) -> None:
-        while (item := self._work.get()) is not None:
-            data, length = item
-            if isinstance(data, bytearray):
-                self._digest.update(memoryview(data)[:length])
-                self._free.put(data)
+    def _check(self) -> None:
+        digest = hashlib.sha256()
+        while (item := self._check_q.get()) is not None:
+            if isinstance(item, DicomFile):  # the file's last chunk came before it
+                if digest.hexdigest() != item.sha256:
+                    self._errors.append(f"{item.label}: file does not match its recorded sha256")
+                digest = hashlib.sha256()
+                continue
+            if isinstance(item, tuple):
+                digest.update(memoryview(item[0])[: item[1]])
+            self._shard_q.put(item)
+        self._shard_q.put(None)
+
+    def _hash_shard(self) -> None:
+        while (item := self._shard_q.get()) is not None:
+            if isinstance(item, tuple):
+                buffer, length = item
+                self._shard.update(memoryview(buffer)[:length])
+                self._free.put(buffer)
             else:
-                self._digest.update(data)
+                self._shard.update(item)
 
     def buffer(self) -> bytearray:
-        """A pooled buffer of ``_CHUNK`` bytes; hand it back through ``update_pooled``."""
+        """A pooled buffer of ``_CHUNK`` bytes, for ``file_chunk`` or ``release``."""
         return self._free.get()
 
-    def update(self, data: bytes) -> None:
-        self._work.put((data, len(data)))
-
-    def update_pooled(self, buffer: bytearray, length: int) -> None:
-        self._work.put((buffer, length))
-
     def release(self, buffer: bytearray) -> None:
-        """Return a pooled buffer that was not handed to ``update_pooled``."""
         self._free.put(buffer)
 
+    def update(self, data: bytes) -> None:
+        """Bytes written that are not part of a checked file (headers, padding, JSON)."""
+        self._check_q.put(data)
+
+    def file_chunk(self, buffer: bytearray, length: int) -> None:
+        self._check_q.put((buffer, length))
+
+    def file_end(self, source: DicomFile) -> None:
+        self._check_q.put(source)
+
+    def error(self) -> str | None:
+        return self._errors[0] if self._errors else None
+
     def hexdigest(self) -> str:
-        self._work.put(None)
-        self._thread.join()
-        return self._digest.hexdigest()
+        """Wait for both threads to finish; the shard's sha256."""
+        if self._threads[0].is_alive():
+            self._check_q.put(None)
+        for thread in self._threads:
+            thread.join()
+        return self._shard.hexdigest()
 
 
 def _header(name: str, size: int) -> bytes:
@@ -227,8 +260,8 @@ class ShardWriter:
         self.modalities = {"text": 0, "image": 0, "waveform": 0}
         self.keys: set[str] = set()
         self._fh: Any = None
-        self._hash: _ShardHash | None = None
-        self._offset = 0
+        self._hash: _Hashing | None = None
+        self._offset = self._written_back = 0
         self._index: dict[str, dict[str, list[int]]] = {}
         self._name = ""
 
@@ -245,8 +278,8 @@ class ShardWriter:
         self._name = f"shard-{len(self.shards):06d}.tar"
         tmp = self.out / f".{self._name}.tmp"
         self._fh = open(tmp, "wb", buffering=1 << 16)  # noqa: SIM115 - closed in _finish
-        self._hash = _ShardHash()
-        self._offset = 0
+        self._hash = _Hashing()
+        self._offset = self._written_back = 0
         self._index = {}
 
     def _emit(self, data: bytes) -> None:
@@ -267,7 +300,8 @@ class ShardWriter:
         return [start, len(data)]
 
     def _add_file(self, name: str, source: DicomFile) -> list[int]:
-        """Copy ``source`` in: one read of each byte, checked against its pinned sha256."""
+        """Copy ``source`` in: one read of each byte, checked against its pinned sha256 (by
+        ``_Hashing``, which reports a difference shortly after)."""
         assert self._hash is not None
         try:
             src = open(source.path, "rb", buffering=0)  # noqa: SIM115 - closed below
@@ -279,7 +313,6 @@ class ShardWriter:
             size = os.fstat(src.fileno()).st_size
             self._emit(_header(name, size))
             start = self._offset
-            digest = hashlib.sha256()
             left = size
             while left:
                 buffer = self._hash.buffer()
@@ -287,21 +320,30 @@ class ShardWriter:
                 if not n:
                     self._hash.release(buffer)
                     raise ShardFormatError(f"{source.label}: file shrank while being copied")
-                chunk = memoryview(buffer)[:n]
-                digest.update(chunk)
-                self._fh.write(chunk)
-                self._hash.update_pooled(buffer, n)
+                self._fh.write(memoryview(buffer)[:n])
+                self._hash.file_chunk(buffer, n)
                 self._offset += n
                 left -= n
-        if digest.hexdigest() != source.sha256:
-            raise ShardFormatError(f"{source.label}: file does not match its recorded sha256")
+        self._hash.file_end(source)
         self._pad(size)
+        if self._offset - self._written_back >= _WRITEBACK:
+            self._start_writeback()
         return [start, size]
+
+    def _start_writeback(self) -> None:
+        # On Linux, DONTNEED starts writeback of the dirty range without waiting for it (and
+        # drops pages already clean): the shard is never read back here, so nothing is lost.
+        if hasattr(os, "posix_fadvise"):
+            self._fh.flush()
+            length = self._offset - self._written_back
+            os.posix_fadvise(self._fh.fileno(), self._written_back, length, os.POSIX_FADV_DONTNEED)
+        self._written_back = self._offset
 
     def write(self, sample: Sample) -> None:
         """Append one sample; starts a new shard when the current one is full.
 
-        An error while copying a DICOM file leaves the shard unfinished: abandon the writer.
+        A DICOM file that cannot be copied, or differs from its sha256, raises here or at a
+        later ``write``/``close``, and leaves the shard unfinished: abandon the writer.
         """
         key = sample.key
         if not _KEY.match(key):
@@ -317,6 +359,7 @@ class ShardWriter:
             )
         if self._fh is None:
             self._open()
+        assert self._hash is not None
         meta = {"format_version": FORMAT_VERSION, **sample.meta}
         meta.setdefault("modalities", sample.modalities)
         if sample.dicom:
@@ -332,6 +375,8 @@ class ShardWriter:
         for n, source in enumerate(sample.dicom):
             ext = f"{n:04d}.dcm"
             index[ext] = self._add_file(f"{key}.{ext}", source)
+        if (error := self._hash.error()) is not None:  # this sample's files or earlier ones
+            raise ShardFormatError(error)
         self._index[key] = index
         self.keys.add(key)
         for modality in sample.modalities:
@@ -346,6 +391,10 @@ class ShardWriter:
         self._emit(_END)
         self._pad_record()
         self._fh.flush()
+        digest = self._hash.hexdigest()
+        if (error := self._hash.error()) is not None:
+            self._abort()
+            raise ShardFormatError(error)
         os.fsync(self._fh.fileno())
         self._fh.close()
         final = self.out / self._name
@@ -355,7 +404,7 @@ class ShardWriter:
         self.shards.append(
             {
                 "name": self._name,
-                "sha256": self._hash.hexdigest(),
+                "sha256": digest,
                 "bytes": self._offset,
                 "samples": len(self._index),
             }
@@ -371,7 +420,7 @@ class ShardWriter:
         if self._fh is not None:
             self._fh.close()
             if self._hash is not None:
-                self._hash.hexdigest()  # stops the helper thread
+                self._hash.hexdigest()  # stops the helper threads
             (self.out / f".{self._name}.tmp").unlink(missing_ok=True)
             self._fh = self._hash = None
 
