@@ -14,7 +14,7 @@ import webdataset as wds
 from trainer.config import load_config
 from trainer.data.batching import IGNORE_INDEX, BatchLoader, Collator, normalise_image
 from trainer.data.cache import ShardCache
-from trainer.data.dicom import to_int16_units
+from trainer.data.dicom import stored_values, to_int16_units
 from trainer.data.sampler import ResumableSampler
 from trainer.data.shards import DicomFile, Sample, ShardFormatError, ShardReader, ShardWriter
 from trainer.data.tokenizer import (
@@ -177,6 +177,28 @@ def test_the_writer_refuses_a_dicom_file_that_differs_from_its_sha256(tmp_path) 
         w.write(sample(0, dicom=[changed]))
     assert not list((tmp_path / "out").glob("*.tar*"))  # the unfinished shard is removed
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("bits_stored", "signed", "frames"),
+    [(12, 0, 1), (12, 1, 1), (16, 0, 1), (16, 1, 3), (12, 1, 2)],
+)
+def test_stored_values_read_from_the_bytes_equal_pydicoms_pixel_array(
+    tmp_path, bits_stored, signed, frames
+) -> None:
+    from pydicom import dcmread
+
+    raw = np.random.default_rng(bits_stored + frames).integers(0, 1 << 16, (frames, 3, 5))
+    path = tmp_path / "x.dcm"
+    _dicom(path, raw[0], instance=1)
+    ds = dcmread(path)
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits_stored, bits_stored - 1, signed
+    ds.NumberOfFrames, ds.PixelData = frames, raw.astype("<u2").tobytes()  # high bits set
+    ds.save_as(path, enforce_file_format=True)
+    ds = dcmread(path)
+    fast, reference = stored_values(ds), ds.pixel_array
+    assert fast.dtype == reference.dtype and fast.shape == reference.shape
+    np.testing.assert_array_equal(fast, reference)
 
 
 def test_rescaling_to_int16_units_is_exact_and_clips() -> None:
