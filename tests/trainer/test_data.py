@@ -208,6 +208,17 @@ def test_rescaling_to_int16_units_is_exact_and_clips() -> None:
     assert to_int16_units(stored, 1.0, -1024.0).dtype == np.int16
 
 
+def test_reader_still_reads_format_1_datasets(tmp_path) -> None:
+    img = np.arange(8, dtype=np.int16).reshape(2, 2, 2)
+    with ShardWriter(tmp_path) as w:
+        w.write(sample(0, images=[img]))  # format 1 had these members only
+    for path in (tmp_path / "manifest.json", tmp_path / "index" / "shard-000000.json"):
+        path.write_text(path.read_text().replace('"format_version": 2', '"format_version": 1'))
+    reader = ShardReader(tmp_path)
+    assert reader.manifest["format_version"] == 1
+    np.testing.assert_array_equal(reader[0].images[0], img)
+
+
 def test_verify_catches_a_corrupted_shard(tmp_path) -> None:
     with ShardWriter(tmp_path) as w:
         w.write(sample(0))
