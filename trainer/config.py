@@ -22,6 +22,7 @@ import yaml
 PRESET_DIR = Path(__file__).parent / "presets"
 ENGINES = ("single", "ddp", "fsdp2", "deepspeed")
 PRECISIONS = ("fp32", "bf16")
+LOADERS = ("process", "thread")
 
 
 class ConfigError(ValueError):
@@ -104,6 +105,7 @@ class DataConfig:
     eval_samples: int = 0  # samples held out (the first N of the dataset order) for evaluation
     cache_dir: str = ""  # node-local cache (NVMe); empty = read shards in place
     prefetch_shards: int = 2  # shards copied ahead into cache_dir by the background prefetcher
+    loader: str = "process"  # process | thread: where batches are read and collated
 
 
 @dataclass
@@ -228,6 +230,8 @@ class TrainConfig:
                 f"optim.warmup_steps ({o.warmup_steps}) must be >= 0 and optim.min_lr "
                 f"({o.min_lr}) <= optim.lr ({o.lr})"
             )
+        if self.data.loader not in LOADERS:
+            raise ConfigError(f"data.loader {self.data.loader!r} is not one of {LOADERS}")
         if p.engine not in ENGINES:
             raise ConfigError(f"parallel.engine {p.engine!r} is not one of {ENGINES}")
         if p.precision not in PRECISIONS:

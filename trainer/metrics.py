@@ -2,7 +2,8 @@
 
 Only rank 0 logs (other ranks get a :class:`NullLogger`). The Prometheus names are the seed
 plan's alert names (``training_loss``, ``training_gradient_norm``, ...); the JSONL file holds
-the same values, one record per logged step, and a first ``{"event": "config"}`` record with
+the same values, one record per logged step (every ``log_interval`` steps, after each
+evaluation, and at the last step), and a first ``{"event": "config"}`` record with
 the full configuration.
 """
 
@@ -98,6 +99,7 @@ class PrometheusLogger:
             names,
             registry=self.registry,
         )
+        self._iterations = 0.0  # what the counter holds
         self.server, self.thread = start_http_server(port, registry=self.registry)
         self.port = self.server.server_port
 
@@ -105,13 +107,17 @@ class PrometheusLogger:
         return metric.labels(**self.labels) if self.labels else metric
 
     def log(self, step: int, values: dict[str, float]) -> None:
-        """Set every known gauge present in ``values``; count one iteration per new step."""
+        """Set every known gauge present in ``values``; advance the iteration counter to
+        ``values["training_iterations_total"]`` (optimizer steps this process completed)."""
         for name, value in values.items():
             gauge = self.gauges.get(name)
             if gauge is not None and value is not None:
                 self._child(gauge).set(float(value))
-        if "training_loss" in values:
-            self._child(self.counter).inc()
+        # Records may be every log_interval steps: the trainer sends the count so far.
+        iterations = values.get(COUNTER)
+        if iterations is not None and iterations > self._iterations:
+            self._child(self.counter).inc(iterations - self._iterations)
+            self._iterations = iterations
         self._child(self.gauges["training_step"]).set(step)
 
     def event(self, name: str, payload: dict[str, Any]) -> None:

@@ -96,7 +96,9 @@ def build_data(cfg: TrainConfig, rank: int, world: int) -> Data:
     if d.eval_samples >= n:
         raise ValueError(f"data.eval_samples ({d.eval_samples}) leaves no training samples of {n}")
     train = ResumableSampler(range(d.eval_samples, n), d.micro_batch_size, rank, world, d.seed)
-    loader = BatchLoader(reader, train, collate, depth=4, cache=cache)
+    loader = BatchLoader(
+        reader, train, collate, depth=4, cache=cache, process=d.loader == "process"
+    )
     eval_loader = None
     readers = [reader]
     if d.eval_samples:
@@ -125,6 +127,7 @@ class Trainer:
         self.checkpoints, self.logger = checkpoints, logger
         self.stop = stop or StopFlag()
         self.step = 0
+        self.start_step = 0  # where this process started (after resume)
         self.tokens_seen = 0
         self.losses: list[float] = []  # per optimizer step, for tests and the final summary
         self.last: dict[str, float] = {}
@@ -142,12 +145,12 @@ class Trainer:
         self.resume()
         while self.step < self.cfg.optim.max_steps:
             metrics = self.train_step()
-            stop = self.stop_agreed()
+            stop = metrics.pop("stop") > 0
             if stop or self.checkpoint_due():
                 self.save()
             if self.eval_due():
                 metrics.update(self.evaluate())
-            self.log(metrics)
+            self.log(metrics, final=stop or self.step >= self.cfg.optim.max_steps)
             if stop:
                 self.write_requeue_marker()
                 log.warning(
@@ -163,6 +166,7 @@ class Trainer:
 
     def resume(self) -> None:
         """Load ``checkpoint.resume`` (``latest`` = newest verified) and continue after it."""
+        self.start_step = self.step
         if self.checkpoints is None:
             return
         if self.engine.rank == 0:  # this attempt answers the previous one's requeue request
@@ -173,7 +177,7 @@ class Trainer:
                 log.info("no checkpoint to resume in %s: starting fresh", self.checkpoints.dir)
             return
         manifest = self.checkpoints.load(path)
-        self.step = int(manifest["step"])
+        self.step = self.start_step = int(manifest["step"])
         self.tokens_seen = int(manifest["tokens_seen"])
         self.data.loader.sampler.load_state_dict(manifest["data"])
         self.data.loader.reset()
@@ -181,7 +185,11 @@ class Trainer:
         self.logger.event("resumed", {"path": str(path), "step": self.step})
 
     def train_step(self) -> dict[str, float]:
-        """One optimizer step over ``grad_accum_steps`` micro-batches on every rank."""
+        """One optimizer step over ``grad_accum_steps`` micro-batches on every rank.
+
+        Two scalar all-reduces per step (none in one process): the loss-token count before
+        backward, and the summed loss together with the stop flag after the step.
+        """
         t0 = time.perf_counter()
         batches: list[Batch] = [
             self.data.loader.next() for _ in range(self.cfg.data.grad_accum_steps)
@@ -196,7 +204,7 @@ class Trainer:
         for i, batch in enumerate(batches):
             loss_sum += self.engine.forward_backward(batch, scale, last=i == len(batches) - 1)
         grad_norm = self.engine.step(lr)
-        (total_loss,) = self.engine.all_reduce_sum([loss_sum])
+        total_loss, stop = self.engine.all_reduce_sum([loss_sum, 1.0 if self.stop.set else 0.0])
         self.step += 1
         self.tokens_seen += self.tokens_per_step
         loss = total_loss / max(global_tokens, 1.0)
@@ -211,11 +219,12 @@ class Trainer:
             "training_dataloader_queue_depth": float(queue_depth),
             "training_tokens_seen_total": float(self.tokens_seen),
             "data_wait_seconds": t_data,
+            "stop": stop,  # any rank got a stop signal (every rank sees the same sum)
         }
         if self.engine.allreduce_seconds is not None:
             out["training_allreduce_seconds"] = self.engine.allreduce_seconds
         if self.data.cache is not None:
-            out["training_shard_prefetch_queue_depth"] = float(self.data.cache.queue_depth())
+            out["training_shard_prefetch_queue_depth"] = float(self.data.loader.cache_queue_depth())
         return out
 
     def write_requeue_marker(self) -> None:
@@ -231,11 +240,6 @@ class Trainer:
             "time": time.time(),
         }
         write_atomic(self.checkpoints.dir / REQUEUE_MARKER, json.dumps(marker).encode())
-
-    def stop_agreed(self) -> bool:
-        """True on every rank if any rank got a stop signal (one tiny all-reduce per step)."""
-        (flag,) = self.engine.all_reduce_sum([1.0 if self.stop.set else 0.0])
-        return flag > 0
 
     def checkpoint_due(self) -> bool:
         """Every ``checkpoint.interval`` steps."""
@@ -285,14 +289,16 @@ class Trainer:
         loss = loss_sum / max(tokens_f, 1.0)
         return {"training_eval_loss": loss, "training_eval_perplexity": math.exp(min(loss, 50.0))}
 
-    def log(self, metrics: dict[str, float]) -> None:
-        """Hand the step's metrics to the logger (rank 0's logger; others drop them)."""
-        if self.step % self.cfg.log_interval and "training_eval_loss" not in metrics:
+    def log(self, metrics: dict[str, float], final: bool = False) -> None:
+        """Hand the step's metrics to the logger (rank 0's logger; others drop them) every
+        ``log_interval`` steps, after an evaluation, and at the last step of the run."""
+        if self.step % self.cfg.log_interval and not final and "training_eval_loss" not in metrics:
             return
         values = {
             **metrics,
             **self.last,
             "training_device_memory_bytes": float(peak_memory_bytes()),
+            "training_iterations_total": float(self.step - self.start_step),
         }
         self.last = {}
         self.logger.log(self.step, values)

@@ -44,6 +44,28 @@ def tiny():
     return _tiny
 
 
+def _train_losses(cfg: TrainConfig) -> list[float]:
+    import torch
+
+    from trainer.train import build_run
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    run = build_run(cfg)
+    try:
+        assert run.trainer.train() == 0
+        return run.trainer.losses
+    finally:
+        run.close()
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def train_losses():
+    """``train_losses(cfg)``: train in this process (one torch thread) -> per-step losses."""
+    return _train_losses
+
+
 @pytest.fixture
 def free_port() -> int:
     """An unused TCP port on localhost."""

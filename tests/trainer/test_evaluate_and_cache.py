@@ -7,37 +7,26 @@ import subprocess
 import sys
 
 import pytest
-import torch
-
-from trainer.train import build_run
 
 
-def train(cfg) -> list[float]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    run = build_run(cfg)
-    try:
-        assert run.trainer.train() == 0
-        return run.trainer.losses
-    finally:
-        run.close()
-        torch.set_num_threads(threads)
-
-
-def test_training_through_the_node_cache_gives_the_same_losses(dataset, tmp_path, tiny) -> None:
-    direct = train(tiny(dataset, "", "optim.max_steps=4"))
+def test_training_through_the_node_cache_gives_the_same_losses(
+    train_losses, dataset, tmp_path, tiny
+) -> None:
+    direct = train_losses(tiny(dataset, "", "optim.max_steps=4"))
     log = tmp_path / "m.jsonl"
     nvme = f"data.cache_dir={tmp_path / 'nvme'}"
-    cached = train(tiny(dataset, "", "optim.max_steps=4", nvme, f"metrics_jsonl={log}"))
+    cached = train_losses(tiny(dataset, "", "optim.max_steps=4", nvme, f"metrics_jsonl={log}"))
     assert cached == direct
     assert len(list((tmp_path / "nvme").glob("shard-*.tar"))) >= 1
     steps = [json.loads(x) for x in log.read_text().splitlines() if "training_loss" in x]
     assert all("training_shard_prefetch_queue_depth" in r for r in steps)
 
 
-def test_periodic_evaluation_logs_held_out_perplexity(dataset, tmp_path, tiny) -> None:
+def test_periodic_evaluation_logs_held_out_perplexity(
+    train_losses, dataset, tmp_path, tiny
+) -> None:
     cfg = tiny(dataset, tmp_path, "optim.max_steps=6", "eval_interval=3", "data.eval_samples=16")
-    train(cfg)
+    train_losses(cfg)
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if "training_eval_perplexity" in r]
     assert [r["step"] for r in evals] == [3, 6]
@@ -48,8 +37,10 @@ def test_periodic_evaluation_logs_held_out_perplexity(dataset, tmp_path, tiny) -
 
 
 @pytest.mark.slow
-def test_evaluate_command_writes_a_perplexity_report(dataset, tmp_path, tiny, repo, sub_env):
-    train(tiny(dataset, tmp_path, "optim.max_steps=10", "checkpoint.interval=10"))
+def test_evaluate_command_writes_a_perplexity_report(
+    train_losses, dataset, tmp_path, tiny, repo, sub_env
+):
+    train_losses(tiny(dataset, tmp_path, "optim.max_steps=10", "checkpoint.interval=10"))
     out = tmp_path / "report.json"
     cmd = [sys.executable, "-m", "trainer", "evaluate", "--checkpoint"]
     cmd += [str(tmp_path / "step-000010"), "--samples", "8", "--out", str(out)]

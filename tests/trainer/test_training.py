@@ -17,15 +17,6 @@ from trainer.checkpoint import CheckpointManager, verify
 from trainer.train import build_run, lr_at
 
 
-def run_losses(cfg) -> list[float]:
-    run = build_run(cfg)
-    try:
-        assert run.trainer.train() == 0
-        return run.trainer.losses
-    finally:
-        run.close()
-
-
 @pytest.fixture(autouse=True)
 def _one_thread():
     # Bit-exact comparisons need the same reduction order in every run.
@@ -35,17 +26,21 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def test_it_lowers_the_loss_on_the_synthetic_multimodal_set(dataset, tmp_path, tiny) -> None:
-    losses = run_losses(tiny(dataset, tmp_path, "optim.max_steps=30"))
+def test_it_lowers_the_loss_on_the_synthetic_multimodal_set(
+    train_losses, dataset, tmp_path, tiny
+) -> None:
+    losses = train_losses(tiny(dataset, tmp_path, "optim.max_steps=30"))
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert first > 5.0  # about ln(vocab) at initialisation
     assert last < first / 3, losses
 
 
-def test_resume_reproduces_the_uninterrupted_losses_exactly(dataset, tmp_path, tiny) -> None:
+def test_resume_reproduces_the_uninterrupted_losses_exactly(
+    train_losses, dataset, tmp_path, tiny
+) -> None:
     extra = ("optim.max_steps=12", "checkpoint.interval=6", "data.grad_accum_steps=2")
-    full = run_losses(tiny(dataset, tmp_path / "full", *extra))
-    first = run_losses(tiny(dataset, tmp_path / "cut", *extra[1:], "optim.max_steps=6"))
+    full = train_losses(tiny(dataset, tmp_path / "full", *extra))
+    first = train_losses(tiny(dataset, tmp_path / "cut", *extra[1:], "optim.max_steps=6"))
     # Same schedule as the full run: max_steps fixes the cosine, so resume with 12.
     resumed_cfg = tiny(dataset, tmp_path / "cut", *extra, "checkpoint.resume=latest")
     run = build_run(resumed_cfg)
@@ -67,9 +62,9 @@ def test_the_cut_run_uses_the_full_runs_schedule(dataset, tiny) -> None:
 
 
 def test_resume_latest_skips_a_corrupted_checkpoint_and_logs_why(
-    dataset, tmp_path, caplog, tiny
+    train_losses, dataset, tmp_path, caplog, tiny
 ) -> None:
-    run_losses(tiny(dataset, tmp_path, "optim.max_steps=4", "checkpoint.interval=2"))
+    train_losses(tiny(dataset, tmp_path, "optim.max_steps=4", "checkpoint.interval=2"))
     newest = tmp_path / "step-000004" / "model.pt"
     data = bytearray(newest.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -84,8 +79,10 @@ def test_resume_latest_skips_a_corrupted_checkpoint_and_logs_why(
     assert "step-000004: model.pt sha256 does not match" in caplog.text
 
 
-def test_resume_latest_skips_a_folder_without_manifest(dataset, tmp_path, caplog, tiny) -> None:
-    run_losses(tiny(dataset, tmp_path, "optim.max_steps=2", "checkpoint.interval=2"))
+def test_resume_latest_skips_a_folder_without_manifest(
+    train_losses, dataset, tmp_path, caplog, tiny
+) -> None:
+    train_losses(tiny(dataset, tmp_path, "optim.max_steps=2", "checkpoint.interval=2"))
     (tmp_path / "step-000009").mkdir()
     (tmp_path / "step-000009" / "model.pt").write_bytes(b"partial")
     run = build_run(tiny(dataset, tmp_path, "optim.max_steps=3", "checkpoint.resume=latest"))
@@ -98,17 +95,17 @@ def test_resume_latest_skips_a_folder_without_manifest(dataset, tmp_path, caplog
     assert "step-000009: no manifest.json" in caplog.text
 
 
-def test_keep_last_n_removes_older_checkpoints(dataset, tmp_path, tiny) -> None:
+def test_keep_last_n_removes_older_checkpoints(train_losses, dataset, tmp_path, tiny) -> None:
     cfg = tiny(dataset, tmp_path, "optim.max_steps=8", "checkpoint.interval=2")
     cfg.checkpoint.keep_last = 2
-    run_losses(cfg)
+    train_losses(cfg)
     names = sorted(p.name for p in tmp_path.glob("step-*"))
     assert names == ["step-000006", "step-000008"]
     assert all(verify(tmp_path / n)[0] for n in names)
 
 
-def test_manifest_describes_the_checkpoint(dataset, tmp_path, tiny) -> None:
-    run_losses(tiny(dataset, tmp_path, "optim.max_steps=3", "checkpoint.interval=3"))
+def test_manifest_describes_the_checkpoint(train_losses, dataset, tmp_path, tiny) -> None:
+    train_losses(tiny(dataset, tmp_path, "optim.max_steps=3", "checkpoint.interval=3"))
     manifest = json.loads((tmp_path / "step-000003" / "manifest.json").read_text())
     assert manifest["step"] == 3
     assert manifest["engine"] == "single"
@@ -140,9 +137,9 @@ KILLER = textwrap.dedent(
 
 
 def test_a_save_killed_mid_write_leaves_the_previous_checkpoint_usable(
-    dataset, tmp_path, tiny, sub_env
+    train_losses, dataset, tmp_path, tiny, sub_env
 ) -> None:
-    run_losses(tiny(dataset, tmp_path, "optim.max_steps=2", "checkpoint.interval=2"))
+    train_losses(tiny(dataset, tmp_path, "optim.max_steps=2", "checkpoint.interval=2"))
     proc = subprocess.run([sys.executable, "-c", KILLER, str(tmp_path)], env=sub_env, check=False)
     assert proc.returncode == -9
     assert (tmp_path / ".tmp-step-000099" / "model.pt").exists()
@@ -202,8 +199,8 @@ def test_cli_trains_and_resumes_latest(dataset, tmp_path, python, repo, sub_env)
 
 
 @pytest.mark.slow
-def test_bf16_autocast_trains_on_cpu(dataset, tiny) -> None:
-    losses = run_losses(tiny(dataset, "", "optim.max_steps=8", "parallel.precision=bf16"))
+def test_bf16_autocast_trains_on_cpu(train_losses, dataset, tiny) -> None:
+    losses = train_losses(tiny(dataset, "", "optim.max_steps=8", "parallel.precision=bf16"))
     assert losses[-1] < losses[0] - 1.0
     assert all(x == x for x in losses)  # no NaN
 
