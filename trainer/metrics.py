@@ -100,11 +100,17 @@ class PrometheusLogger:
             registry=self.registry,
         )
         self._iterations = 0.0  # what the counter holds
+        self._children: dict[Any, Any] = {}
         self.server, self.thread = start_http_server(port, registry=self.registry)
         self.port = self.server.server_port
 
     def _child(self, metric: Any) -> Any:
-        return metric.labels(**self.labels) if self.labels else metric
+        # labels() validates and locks on every call; a series is created on its first value
+        # (so gauges never set, like training_allreduce_seconds off DDP, stay absent).
+        child = self._children.get(metric)
+        if child is None:
+            child = self._children[metric] = metric.labels(**self.labels) if self.labels else metric
+        return child
 
     def log(self, step: int, values: dict[str, float]) -> None:
         """Set every known gauge present in ``values``; advance the iteration counter to
