@@ -127,7 +127,7 @@ class Trainer:
         self.checkpoints, self.logger = checkpoints, logger
         self.stop = stop or StopFlag()
         self.step = 0
-        self.start_step = 0  # where this process started (after resume)
+        self.start_step = 0  # the step this process started from (a resumed checkpoint's)
         self.tokens_seen = 0
         self.losses: list[float] = []  # per optimizer step, for tests and the final summary
         self.last: dict[str, float] = {}
@@ -166,7 +166,6 @@ class Trainer:
 
     def resume(self) -> None:
         """Load ``checkpoint.resume`` (``latest`` = newest verified) and continue after it."""
-        self.start_step = self.step
         if self.checkpoints is None:
             return
         if self.engine.rank == 0:  # this attempt answers the previous one's requeue request

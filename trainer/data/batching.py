@@ -168,7 +168,7 @@ class BatchLoader:
     ``process=False`` in a thread of this process. A thread costs the training loop more than
     its own work: reading and collating is mostly Python, and every time the loop's thread
     comes back from a torch call it may have to wait for the loader to hand back the GIL (on
-    the ``tiny`` CPU model that made each step 10-15 % slower).
+    the ``tiny`` CPU model that made each step about 17 % slower).
 
     The worker is forked from multiprocessing's *forkserver* (a small process started once,
     with this module imported), not from the trainer: it inherits no CUDA context, process
