@@ -33,15 +33,23 @@ IMAGE_KINDS = frozenset({"dicom"})
 TEXT_KINDS = frozenset({"text"})
 WAVE_KINDS = frozenset({"edf", "wfdb_header"})
 COMPANION_KINDS = frozenset({"wfdb_signal"})  # packed through their header's record
-# Transfer syntaxes pydicom decodes without a codec package (the reader's environment may have
-# none): uncompressed, deflated and RLE.
-PLAIN_TRANSFER_SYNTAXES = frozenset(
+# Transfer syntaxes the trainer's reader decodes: those pydicom decodes on its own
+# (uncompressed, deflated, RLE) and the JPEG family that pylibjpeg-libjpeg decodes (both in the
+# `trainer` extra of pyproject.toml, as in the `deid` extra). JPEG 2000 needs another codec
+# package (pylibjpeg-openjpeg) and is skipped with its reason.
+DECODABLE_TRANSFER_SYNTAXES = frozenset(
     {
         "1.2.840.10008.1.2",  # implicit VR little endian
         "1.2.840.10008.1.2.1",  # explicit VR little endian
         "1.2.840.10008.1.2.1.99",  # deflated explicit VR little endian
         "1.2.840.10008.1.2.2",  # explicit VR big endian (retired)
         "1.2.840.10008.1.2.5",  # RLE lossless (pydicom's numpy decoder)
+        "1.2.840.10008.1.2.4.50",  # JPEG baseline (pylibjpeg-libjpeg)
+        "1.2.840.10008.1.2.4.51",  # JPEG extended
+        "1.2.840.10008.1.2.4.57",  # JPEG lossless
+        "1.2.840.10008.1.2.4.70",  # JPEG lossless, first-order prediction
+        "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
+        "1.2.840.10008.1.2.4.81",  # JPEG-LS near-lossless
     }
 )
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
@@ -201,13 +209,13 @@ def transfer_syntax(head: bytes) -> str | None:
 
 def check_dicom(f: SourceFile) -> DicomFile:
     """``f`` as a file for the writer to copy, once its first bytes show DICOM Part 10 in a
-    transfer syntax the reader decodes without codecs; the writer checks its sha256."""
+    transfer syntax the reader decodes; the writer checks its sha256."""
     with open(f.path, "rb") as fh:
         head = fh.read(_META_PREFIX)
     syntax = transfer_syntax(head)
     if syntax is None:
         raise PackError(f"{f.relpath}: not a DICOM Part 10 file", "dicom_unreadable")
-    if syntax not in PLAIN_TRANSFER_SYNTAXES:
+    if syntax not in DECODABLE_TRANSFER_SYNTAXES:
         raise PackError(f"{f.relpath}: compressed transfer syntax", "dicom_compressed")
     return DicomFile(path=f.path, sha256=f.output_sha256, label=f"de-id result {f.result_id}")
 

@@ -338,6 +338,30 @@ def test_a_compressed_dicom_costs_its_sample_and_is_counted(world, factories):
     assert not DatasetMember.objects.filter(raw_file=raw).exists()
 
 
+def test_a_jpeg_ls_compressed_dicom_is_packed_and_read_back_as_pydicom_decodes_it(
+    world, factories
+):
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("MR_small_jpeg_ls_lossless.dcm")  # ships inside pydicom
+    data = Path(path).read_bytes()
+    ds = dcmread(path)
+    expected = ds.pixel_array.astype(np.float64) * float(ds.get("RescaleSlope", 1)) + float(
+        ds.get("RescaleIntercept", 0)
+    )
+    raw = factories.make_raw(world.batch, "raw/mr-jls.dcm", "dicom")
+    factories.add_result(
+        world.run, raw, "P-EEEE/mr.dcm", data, kind="dicom", pseudonym="P-EEEE", study_key="e"
+    )
+    version = services.build_version("jls", [world.run], target_shard_mb=1, acting_user=None)
+    assert version.status == "ready" and version.sample_count == 4
+    assert "dicom_compressed" not in version.skipped
+    (stack,) = _by_patient(_samples(version))["P-EEEE"].images
+    assert stack.shape == (1, *expected.shape)
+    assert np.array_equal(stack[0], np.rint(expected).astype(np.int16))
+
+
 def test_packing_in_worker_processes_gives_the_same_bytes(world, tmp_path, settings):
     serial = services.build_version(
         "par", [world.run], target_shard_mb=0.004, acting_user=None, root=tmp_path / "one"
