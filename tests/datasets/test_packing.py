@@ -338,9 +338,7 @@ def test_a_compressed_dicom_costs_its_sample_and_is_counted(world, factories):
     assert not DatasetMember.objects.filter(raw_file=raw).exists()
 
 
-def test_a_jpeg_ls_compressed_dicom_is_packed_and_read_back_as_pydicom_decodes_it(
-    world, factories
-):
+def test_a_jpeg_ls_compressed_dicom_is_packed_and_read_back_as_pydicom_decodes_it(world, factories):
     from pydicom import dcmread
     from pydicom.data import get_testdata_file
 
