@@ -241,34 +241,31 @@ _PG_PENDING_SQL = (
 )
 
 
+# The event fields record() takes from its caller, stored and hashed as they are.
+_GIVEN_FIELDS = (
+    "user_id",
+    "action",
+    "resource",
+    "pre_hash",
+    "post_hash",
+    "request_id",
+    "client_ip",
+)
+
+
 def _chained_event(seq: int, prev_digest: str, ts: datetime, p: dict[str, Any]) -> AuditEvent:
     """The event at ``seq`` after ``prev_digest``, its digest computed from every field."""
-    fields = dict(
-        seq=seq,
-        prev_digest=prev_digest,
-        ts=ts,
-        user_id=p["user_id"],
-        action=p["action"],
-        resource=p["resource"],
-        pre_hash=p["pre_hash"],
-        post_hash=p["post_hash"],
-        request_id=p["request_id"],
-        client_ip=p["client_ip"],
-        details_json=p["details"],
+    given = {name: p[name] for name in _GIVEN_FIELDS}
+    digest = compute_digest(
+        seq=seq, prev_digest=prev_digest, ts=ts, details_json=p["details"], **given
     )
     return AuditEvent(
         seq=seq,
         timestamp=ts,
-        user_id=p["user_id"],
-        action=p["action"],
-        resource=p["resource"],
-        pre_hash=p["pre_hash"],
-        post_hash=p["post_hash"],
-        request_id=p["request_id"],
-        client_ip=p["client_ip"],
         details_json=p["details"],
         prev_digest=prev_digest,
-        digest=compute_digest(**fields),
+        digest=digest,
+        **given,
     )
 
 
