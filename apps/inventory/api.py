@@ -60,26 +60,6 @@ class DataSourceSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = DataSource
-        fields = [
-            "id",
-            "source",
-            "type",
-            "avg_size_mb",
-            "estimated_count",
-            "owner",
-            "consent_status",
-            "notes",
-            "raw_root",
-            "deid_root",
-            "working_root",
-            "allowed_roles",
-            "legal_basis",
-            "scanned_count",
-            "scanned_bytes",
-            "last_scanned_at",
-            "created",
-            "updated",
-        ]
         read_only_fields = [
             "id",
             "scanned_count",
@@ -88,6 +68,8 @@ class DataSourceSerializer(serializers.ModelSerializer):
             "created",
             "updated",
         ]
+        # What a client may change is what the service edits; the rest is the scanner's.
+        fields = [*services.EDITABLE_FIELDS, *read_only_fields]
 
 
 class DataSourceViewSet(FilteredMixin, viewsets.ModelViewSet):
