@@ -11,6 +11,18 @@ os.environ.setdefault("MEDCTL_DEV_SECRETS", "1")
 # otherwise refuse the test body's queries (see shared/notes/browser-and-ocr.md).
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
+# Property tests: random exploration on a developer's machine (a failure found there is kept
+# in .hypothesis/ and fixed or pinned with @example); the same examples on every CI run
+# (.ci/run sets HYPOTHESIS_PROFILE=ci), so CI fails on a regression, never on the luck of a
+# draw.
+try:
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+    _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+except ImportError:  # hypothesis is a dev dependency
+    pass
+
 
 def pytest_configure(config):
     """Fast password hashing in tests: PBKDF2's cost is for attackers, not for the suite."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from faker import Faker
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from apps.deid.engine import PatientContext, ProjectKey, deidentify_text
@@ -143,6 +143,9 @@ def faker_phi(draw: st.DrawFn) -> tuple[str, str]:
     st.lists(st.tuples(st.sampled_from(CLINICAL), faker_phi()), min_size=1, max_size=6),
     st.sampled_from(["，", "。", " ", "\n", "；"]),
 )
+# Found by CI on 2026-11-27: a surname that is also a word (高), a given name jieba makes a
+# word of without tagging it, and a bare cue.
+@example(pairs=[("血红蛋白 120 g/L", ("患者高东，", "高东"))], sep="，")
 def test_faker_phi_inserted_at_random_places_in_notes_is_removed(pairs, sep) -> None:
     parts = []
     for clinical, (phi, _) in pairs:

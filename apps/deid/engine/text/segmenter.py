@@ -218,6 +218,11 @@ def segmenter_person_spans(text: str) -> Iterator[tuple[int, int]]:
             yield m.start() + s, m.start() + e
 
 
+def _dictionary_word(word: str) -> bool:
+    """Whether ``word`` is a word of jieba's dictionary (prefix-only entries have count 0)."""
+    return bool(_posseg().tokenizer.FREQ.get(word))
+
+
 def tagged_name_at(text: str, start: int) -> int | None:
     """End of a name that starts at ``start``, when jieba tags the word there as a person and
     a name's position follows it (the clause end, or a word like 否认, 诉, 男). Lets a cue
@@ -237,7 +242,11 @@ def tagged_name_at(text: str, start: int) -> int | None:
             ends_clause = (
                 not nxt or nxt[:1] in "男女" or any(nxt.startswith(w) for w in SEGMENTER_NAME_AFTER)
             )
-            if tagged and ends_clause and _looks_like_name(word, ambiguous_ok=True):
+            # jieba's HMM makes a word of an unknown name without tagging it (患者高东，): a
+            # word its dictionary does not hold counts like a tagged one; a dictionary word
+            # does not (患者高热，, 患者黄疸，).
+            named = tagged or not _dictionary_word(word)
+            if named and ends_clause and _looks_like_name(word, ambiguous_ok=True):
                 return pos + len(word)
             return None
         pos += len(word)
