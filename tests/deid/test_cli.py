@@ -13,13 +13,11 @@ from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import connection
 
 from apps.deid import services
 from apps.deid.models import DeidFileResult, DeidRun
 from tests.deid.factories import add_file, make_batch, make_source, note_bytes
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.workers import ROOT, database_url
 
 
 @pytest.mark.django_db
@@ -45,14 +43,6 @@ def test_it_refuses_unknown_batches_and_bad_profiles(mixed, tmp_path):
         call_command("deid_run", str(mixed.batch.pk), "--profile", str(bad), "--no-progress")
 
 
-def _database_url() -> str:
-    s = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{s['NAME']}"
-    auth = s["USER"] + (f":{s['PASSWORD']}" if s.get("PASSWORD") else "")
-    return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
-
-
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path, deid_keys):
@@ -62,7 +52,7 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path, deid_key
         add_file(
             batch, f"notes/n{i:03d}.txt", note_bytes() + f"第{i}次复查。".encode(), kind="text"
         )
-    env = {**os.environ, "DATABASE_URL": _database_url(), "DEID_OCR": "off"}
+    env = {**os.environ, "DATABASE_URL": database_url(), "DEID_OCR": "off"}
     proc = subprocess.Popen(
         [sys.executable, "manage.py", "deid_run", str(batch.pk), "--no-progress", "--no-ocr"],
         cwd=ROOT,

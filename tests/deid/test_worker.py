@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import pytest
 
 from apps.deid import services
 from apps.deid.models import DeidRun
-from tests.deid.test_cli import ROOT, _database_url
+from tests.workers import celery_worker
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -21,29 +19,7 @@ def test_a_worker_process_runs_a_batch(mixed, no_ocr_profile):
     from apps.deid.tasks import process_run
 
     queue = f"deid-test-{os.getpid()}"  # the filesystem broker is shared by every test run
-    env = {**os.environ, "DATABASE_URL": _database_url(), "MEDCTL_DEV_SECRETS": "1"}
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "controlplane",
-            "worker",
-            "--pool=solo",
-            "--concurrency=1",
-            "--loglevel=WARNING",
-            "-Q",
-            queue,
-            "-n",
-            f"{queue}@%h",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
+    with celery_worker({}, queue=queue):
         run = services.start_run(
             mixed.batch, profile=no_ocr_profile, acting_user=None, enqueue=False
         )
@@ -60,12 +36,4 @@ def test_a_worker_process_runs_a_batch(mixed, no_ocr_profile):
             (Path(run.output_root) / r.output_relpath).is_file()
             for r in run.results.filter(status="ok")
         )
-    finally:
-        worker.terminate()
-        try:
-            out, _ = worker.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            out, _ = worker.communicate()
-    assert b"Traceback" not in out, out.decode(errors="replace")[-2000:]
     assert DeidRun.objects.count() == 1
