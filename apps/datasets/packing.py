@@ -34,9 +34,10 @@ TEXT_KINDS = frozenset({"text"})
 WAVE_KINDS = frozenset({"edf", "wfdb_header"})
 COMPANION_KINDS = frozenset({"wfdb_signal"})  # packed through their header's record
 # Transfer syntaxes the trainer's reader decodes: those pydicom decodes on its own
-# (uncompressed, deflated, RLE) and the JPEG family that pylibjpeg-libjpeg decodes (both in the
-# `trainer` extra of pyproject.toml, as in the `deid` extra). JPEG 2000 needs another codec
-# package (pylibjpeg-openjpeg) and is skipped with its reason.
+# (uncompressed, deflated, RLE), the JPEG family that pylibjpeg-libjpeg decodes and JPEG 2000
+# that pylibjpeg-openjpeg decodes (all in the `trainer` extra of pyproject.toml, as in the
+# `deid` extra). Others (HTJ2K, which pylibjpeg-openjpeg may decode but no sample here proves,
+# JPEG XL, MPEG/H.264/HEVC video) are skipped with their reason.
 DECODABLE_TRANSFER_SYNTAXES = frozenset(
     {
         "1.2.840.10008.1.2",  # implicit VR little endian
@@ -50,6 +51,8 @@ DECODABLE_TRANSFER_SYNTAXES = frozenset(
         "1.2.840.10008.1.2.4.70",  # JPEG lossless, first-order prediction
         "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
         "1.2.840.10008.1.2.4.81",  # JPEG-LS near-lossless
+        "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless (pylibjpeg-openjpeg)
+        "1.2.840.10008.1.2.4.91",  # JPEG 2000
     }
 )
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")

@@ -318,12 +318,12 @@ def test_a_compressed_dicom_costs_its_sample_and_is_counted(world, factories):
 
     from pydicom import dcmread
     from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEG2000Lossless
+    from pydicom.uid import MPEG4HP41  # video: no reader decodes it into slices
 
     plain = factories.dicom_bytes(np.ones((4, 4)), study="9", series="1", instance=1, z=0.0)
     ds = dcmread(io.BytesIO(plain))
-    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless  # needs a codec package to decode
-    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51 not decoded at packing"])
+    ds.file_meta.TransferSyntaxUID = MPEG4HP41
+    ds.PixelData = encapsulate([b"\x00\x00\x01\xb3 not decoded at packing"])
     ds["PixelData"].VR, ds["PixelData"].is_undefined_length = "OB", True
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
@@ -338,11 +338,21 @@ def test_a_compressed_dicom_costs_its_sample_and_is_counted(world, factories):
     assert not DatasetMember.objects.filter(raw_file=raw).exists()
 
 
-def test_a_jpeg_ls_compressed_dicom_is_packed_and_read_back_as_pydicom_decodes_it(world, factories):
+@pytest.mark.parametrize(
+    "sample",
+    [
+        "MR_small_jpeg_ls_lossless.dcm",  # JPEG-LS lossless (pylibjpeg-libjpeg)
+        "MR_small_jp2klossless.dcm",  # JPEG 2000 lossless (pylibjpeg-openjpeg)
+        "JPEG2000.dcm",  # JPEG 2000 lossy, NM
+    ],
+)
+def test_a_jpeg_compressed_dicom_is_packed_and_read_back_as_pydicom_decodes_it(
+    world, factories, sample
+):
     from pydicom import dcmread
     from pydicom.data import get_testdata_file
 
-    path = get_testdata_file("MR_small_jpeg_ls_lossless.dcm")  # ships inside pydicom
+    path = get_testdata_file(sample)  # ships inside pydicom
     data = Path(path).read_bytes()
     ds = dcmread(path)
     expected = ds.pixel_array.astype(np.float64) * float(ds.get("RescaleSlope", 1)) + float(
