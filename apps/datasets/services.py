@@ -85,8 +85,9 @@ def datasets_root() -> Path:
 
 
 def pack_workers() -> int:
-    """Processes that read and convert files (``DATASETS_PACK_WORKERS``, default 1). The
-    output does not depend on it, so it is not part of the build settings."""
+    """Processes that read and convert files, and shards written at once
+    (``DATASETS_PACK_WORKERS``, default 1). The output does not depend on it, so it is not
+    part of the build settings."""
     return max(1, int(getattr(settings, "DATASETS_PACK_WORKERS", 1) or 1))
 
 
@@ -418,8 +419,11 @@ def _write(
     tokens = 0
     step = max(1, total // _PROGRESS_STEPS)
     max_bytes = max(1, int(version.target_shard_mb * (1 << 20)))
-    with ShardWriter(tmp, samples_per_shard=1 << 40, max_shard_bytes=max_bytes) as writer:
-        built = packing.build_samples(planned, workers=pack_workers())
+    workers = pack_workers()
+    with ShardWriter(
+        tmp, samples_per_shard=1 << 40, max_shard_bytes=max_bytes, workers=workers
+    ) as writer:
+        built = packing.build_samples(planned, workers=workers)
         for done, (plan, samples, text_tokens, reason) in enumerate(built, 1):
             if reason:
                 # One unreadable file costs its sample, named in the log by ids only.

@@ -179,6 +179,85 @@ def test_the_writer_refuses_a_dicom_file_that_differs_from_its_sha256(tmp_path) 
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
+def _mixed_samples(tmp_path, n: int) -> list[Sample]:
+    """Samples of varied sizes: DICOM files (copied), text, arrays and waveforms (in memory)."""
+    rng = np.random.default_rng(n)
+    (tmp_path / "in").mkdir(exist_ok=True)
+    out = []
+    for i in range(n):
+        files = [
+            _dicom(
+                tmp_path / "in" / f"{i}-{j}.dcm", rng.integers(0, 900, (4 + i % 5, 6)), instance=j
+            )
+            for j in range(i % 4)
+        ]
+        kw = {"dicom": files}
+        if i % 3 == 0:
+            kw["wave"] = rng.standard_normal((2, 50 + 7 * i)).astype(np.float32)
+        if i % 5 == 1:
+            kw["images"] = [np.full((1, 3, 3), i, dtype=np.int16)]
+        out.append(Sample(key=f"k{i:04d}", text="note " * (i % 7), **kw))
+    return out
+
+
+def _folder_bytes(root) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize(("per_shard", "max_bytes"), [(3, 1 << 30), (1000, 9000), (4, 6000)])
+def test_shards_written_in_parallel_are_byte_identical_to_one_writer(
+    tmp_path, per_shard, max_bytes
+) -> None:
+    samples = _mixed_samples(tmp_path, 23)
+    folders = {}
+    for workers in (1, 3):
+        out = tmp_path / f"w{workers}"
+        with ShardWriter(out, per_shard, max_bytes, workers=workers) as w:
+            for s in samples:
+                w.write(s)
+        folders[workers] = _folder_bytes(out)
+    assert len([n for n in folders[1] if n.endswith(".tar")]) >= 4  # really several shards
+    assert folders[3] == folders[1]  # tars, index files and manifest, byte for byte
+    reader = ShardReader(tmp_path / "w3", verify=True)
+    assert reader.keys == [s.key for s in samples]
+    assert reader.read_member(22, "0000.dcm") == samples[22].dicom[0].path.read_bytes()
+
+
+def test_a_bad_file_in_a_later_shard_fails_a_parallel_write_and_leaves_no_partial_shard(
+    tmp_path,
+) -> None:
+    samples = _mixed_samples(tmp_path, 12)
+    bad = samples[9].dicom[0]
+    samples[9].dicom[0] = DicomFile(bad.path, "0" * 64, "de-id result 99")
+    out = tmp_path / "out"
+    with (
+        pytest.raises(ShardFormatError, match="de-id result 99: file does not match"),
+        ShardWriter(out, samples_per_shard=2, workers=3) as w,
+    ):
+        for s in samples:
+            w.write(s)
+    assert not list(out.glob(".*.tmp"))  # every unfinished shard is removed
+    assert not (out / "manifest.json").exists()  # the folder is not a version
+
+
+def test_a_file_that_changes_size_after_it_was_planned_is_refused(tmp_path) -> None:
+    samples = _mixed_samples(tmp_path, 8)
+    grown = samples[6].dicom[1]
+    with (
+        pytest.raises(ShardFormatError, match="changed size"),
+        ShardWriter(tmp_path / "out", samples_per_shard=2, workers=2) as w,
+    ):
+        for s in samples:
+            w.write(s)
+            if s is samples[6]:
+                with open(grown.path, "ab") as fh:  # before its shard is written
+                    fh.write(b"\0" * 4)
+
+
 @pytest.mark.parametrize(
     ("bits_stored", "signed", "frames"),
     [(12, 0, 1), (12, 1, 1), (16, 0, 1), (16, 1, 3), (12, 1, 2)],

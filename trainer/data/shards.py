@@ -38,7 +38,9 @@ import queue
 import re
 import tarfile
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,54 +255,46 @@ def _read_ahead(files: list[DicomFile]) -> None:
             os.close(fd)
 
 
-class ShardWriter:
-    """Writes samples into size-bounded shards, then the index files and the manifest.
+def _member_bytes(size: int) -> int:
+    """Bytes a member of ``size`` takes in a tar: header, data, padding to the block."""
+    return tarfile.BLOCKSIZE + size + (-size % tarfile.BLOCKSIZE)
 
-    Use as a context manager; the manifest is written last (atomically), so a folder with a
-    manifest is complete and a folder without one is an interrupted write.
+
+@dataclass
+class _Prepared:
+    """A sample encoded for a shard: its in-memory members (JSON, text, arrays) as bytes and
+    the files to copy with the size they had when planned, so the writer knows, before any
+    file is copied, exactly how many bytes the sample adds to a shard."""
+
+    key: str
+    members: list[tuple[str, bytes]]
+    files: list[tuple[str, DicomFile, int]]
+
+    @property
+    def size(self) -> int:
+        return sum(_member_bytes(len(data)) for _, data in self.members) + sum(
+            _member_bytes(size) for _, _, size in self.files
+        )
+
+
+class _ShardJob:
+    """Writes one shard: members, copied files, end-of-archive, fsync, rename, index file.
+
+    One job is used by one thread at a time; jobs of different shards share nothing, so a
+    writer with ``workers > 1`` runs several at once.
     """
 
-    def __init__(
-        self,
-        out_dir: str | Path,
-        samples_per_shard: int = 1000,
-        max_shard_bytes: int = 1 << 30,
-        lineage: dict[str, Any] | None = None,
-    ) -> None:
-        self.out = Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "index").mkdir(exist_ok=True)
-        self.samples_per_shard = samples_per_shard
-        self.max_shard_bytes = max_shard_bytes
-        self.lineage = lineage or {}
-        self.shards: list[dict[str, Any]] = []
-        self.modalities = {"text": 0, "image": 0, "waveform": 0}
-        self.keys: set[str] = set()
-        self._fh: Any = None
-        self._hash: _Hashing | None = None
-        self._offset = self._written_back = 0
-        self._index: dict[str, dict[str, list[int]]] = {}
-        self._name = ""
-
-    def __enter__(self) -> ShardWriter:
-        return self
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self._abort()
-
-    def _open(self) -> None:
-        self._name = f"shard-{len(self.shards):06d}.tar"
-        tmp = self.out / f".{self._name}.tmp"
-        self._fh = open(tmp, "wb", buffering=1 << 16)  # noqa: SIM115 - closed in _finish
+    def __init__(self, out: Path, number: int, stop: threading.Event) -> None:
+        self.out = out
+        self.name = f"shard-{number:06d}.tar"
+        self.tmp = out / f".{self.name}.tmp"
+        self._stop = stop
+        self._fh: Any = open(self.tmp, "wb", buffering=1 << 16)  # noqa: SIM115 - closed in finish
         self._hash = _Hashing()
         self._offset = self._written_back = 0
-        self._index = {}
+        self._index: dict[str, dict[str, list[int]]] = {}
 
     def _emit(self, data: bytes) -> None:
-        assert self._hash is not None
         self._fh.write(data)
         self._hash.update(data)
         self._offset += len(data)
@@ -316,10 +310,9 @@ class ShardWriter:
         self._pad(len(data))
         return [start, len(data)]
 
-    def _add_file(self, name: str, source: DicomFile) -> list[int]:
+    def _add_file(self, name: str, source: DicomFile, planned: int) -> list[int]:
         """Copy ``source`` in: one read of each byte, checked against its pinned sha256 (by
         ``_Hashing``, which reports a difference shortly after)."""
-        assert self._hash is not None
         try:
             src = open(source.path, "rb", buffering=0)  # noqa: SIM115 - closed below
         except OSError as exc:
@@ -328,6 +321,8 @@ class ShardWriter:
             ) from None
         with src:
             size = os.fstat(src.fileno()).st_size
+            if size != planned:  # the shard's cut was planned from the size: it must not move
+                raise ShardFormatError(f"{source.label}: file changed size while being packed")
             self._emit(_header(name, size))
             start = self._offset
             left = size
@@ -356,12 +351,115 @@ class ShardWriter:
             os.posix_fadvise(self._fh.fileno(), self._written_back, length, os.POSIX_FADV_DONTNEED)
         self._written_back = self._offset
 
-    def write(self, sample: Sample) -> None:
-        """Append one sample; starts a new shard when the current one is full.
+    def add(self, sample: _Prepared) -> None:
+        if self._stop.is_set():
+            raise ShardFormatError("packing stopped")
+        _read_ahead([source for _, source, _ in sample.files])
+        index = {ext: self._add(f"{sample.key}.{ext}", data) for ext, data in sample.members}
+        for ext, source, size in sample.files:
+            index[ext] = self._add_file(f"{sample.key}.{ext}", source, size)
+        if (error := self._hash.error()) is not None:  # this sample's files or earlier ones
+            raise ShardFormatError(error)
+        self._index[sample.key] = index
 
-        A DICOM file that cannot be copied, or differs from its sha256, raises here or at a
-        later ``write``/``close``, and leaves the shard unfinished: abandon the writer.
-        """
+    def finish(self) -> dict[str, Any]:
+        """End the archive, make it durable under its final name; the manifest's record."""
+        self._emit(_END)
+        # Like tarfile and GNU tar: the archive is a whole number of 10 KiB records.
+        if self._offset % tarfile.RECORDSIZE:
+            self._emit(tarfile.NUL * (tarfile.RECORDSIZE - self._offset % tarfile.RECORDSIZE))
+        self._fh.flush()
+        digest = self._hash.hexdigest()
+        if (error := self._hash.error()) is not None:
+            raise ShardFormatError(error)
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        final = self.out / self.name
+        os.replace(self.tmp, final)
+        index = {"format_version": FORMAT_VERSION, "shard": self.name, "samples": self._index}
+        write_atomic(self.out / "index" / f"{final.stem}.json", json.dumps(index).encode())
+        return {
+            "name": self.name,
+            "sha256": digest,
+            "bytes": self._offset,
+            "samples": len(self._index),
+        }
+
+    def abort(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+        self._hash.hexdigest()  # stops the helper threads
+        self.tmp.unlink(missing_ok=True)
+
+
+def _write_shard(
+    out: Path, number: int, samples: list[_Prepared], stop: threading.Event
+) -> dict[str, Any]:
+    job = _ShardJob(out, number, stop)
+    try:
+        for sample in samples:
+            job.add(sample)
+        return job.finish()
+    except BaseException:
+        job.abort()
+        raise
+
+
+class ShardWriter:
+    """Writes samples into size-bounded shards, then the index files and the manifest.
+
+    Use as a context manager; the manifest is written last (atomically), so a folder with a
+    manifest is complete and a folder without one is an interrupted write.
+
+    Where a shard ends is decided from the samples alone (each sample's exact size in the tar
+    is known before any file is copied: the in-memory members are encoded, the files'
+    sizes read), so ``workers > 1`` can write that many shards at once, each on its own
+    thread with its own two hash streams, and the output is byte-identical to
+    ``workers=1``. With one worker the samples are written as they come; with more, the
+    in-memory members (JSON, text, arrays; never the copied files) of up to ``workers + 1``
+    shards are held at once.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        samples_per_shard: int = 1000,
+        max_shard_bytes: int = 1 << 30,
+        lineage: dict[str, Any] | None = None,
+        workers: int = 1,
+    ) -> None:
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "index").mkdir(exist_ok=True)
+        self.samples_per_shard = samples_per_shard
+        self.max_shard_bytes = max_shard_bytes
+        self.lineage = lineage or {}
+        self.workers = max(1, int(workers))
+        self.shards: list[dict[str, Any]] = []
+        self.modalities = {"text": 0, "image": 0, "waveform": 0}
+        self.keys: set[str] = set()
+        self._stop = threading.Event()
+        self._number = 0  # the shard being filled
+        self._count = self._bytes = 0  # its samples and bytes so far
+        self._job: _ShardJob | None = None  # workers == 1: written as samples come
+        self._batch: list[_Prepared] = []  # workers > 1: handed to a thread when cut
+        self._pool: ThreadPoolExecutor | None = None
+        self._running: deque[Future[dict[str, Any]]] = deque()
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None:
+            self._abort()
+            return
+        try:
+            self.close()
+        except BaseException:
+            self._abort()
+            raise
+
+    def _prepare(self, sample: Sample) -> _Prepared:
         key = sample.key
         if not _KEY.match(key):
             raise ShardFormatError(f"sample key {key!r} must match {_KEY.pattern}")
@@ -374,77 +472,96 @@ class ShardWriter:
                 f"sample {key}: waveform must be float32 [channels, samples], got "
                 f"{sample.wave.dtype} {list(sample.wave.shape)}"
             )
-        _read_ahead(sample.dicom)
-        if self._fh is None:
-            self._open()
-        assert self._hash is not None
         meta = {"format_version": FORMAT_VERSION, **sample.meta}
         meta.setdefault("modalities", sample.modalities)
         if sample.dicom:
             meta["dicom"] = [f.sha256 for f in sample.dicom]
-        members = {"json": json.dumps(meta, sort_keys=True).encode()}
+        members = [("json", json.dumps(meta, sort_keys=True).encode())]
         if sample.text:
-            members["txt"] = sample.text.encode("utf-8")
+            members.append(("txt", sample.text.encode("utf-8")))
         for i, array in enumerate(sample.images):
-            members["img.npy" if i == 0 else f"img{i}.npy"] = _npy_bytes(array)
+            members.append(("img.npy" if i == 0 else f"img{i}.npy", _npy_bytes(array)))
         if sample.wave is not None:
-            members["wav.npy"] = _npy_bytes(sample.wave)
-        index = {ext: self._add(f"{key}.{ext}", data) for ext, data in members.items()}
+            members.append(("wav.npy", _npy_bytes(sample.wave)))
+        files = []
         for n, source in enumerate(sample.dicom):
-            ext = f"{n:04d}.dcm"
-            index[ext] = self._add_file(f"{key}.{ext}", source)
-        if (error := self._hash.error()) is not None:  # this sample's files or earlier ones
-            raise ShardFormatError(error)
-        self._index[key] = index
-        self.keys.add(key)
+            try:
+                size = os.stat(source.path).st_size
+            except OSError as exc:
+                raise ShardFormatError(
+                    f"{source.label}: file unreadable ({type(exc).__name__})"
+                ) from None
+            files.append((f"{n:04d}.dcm", source, size))
+        return _Prepared(key, members, files)
+
+    def write(self, sample: Sample) -> None:
+        """Append one sample; starts a new shard when the current one is full.
+
+        A DICOM file that cannot be copied, or differs from its sha256, raises here or at a
+        later ``write``/``close``, and leaves the shard unfinished: abandon the writer.
+        """
+        prepared = self._prepare(sample)
+        if self.workers == 1:
+            if self._job is None:
+                self._job = _ShardJob(self.out, self._number, self._stop)
+            self._job.add(prepared)
+        else:
+            self._raise_failed()
+            self._batch.append(prepared)
+        self.keys.add(sample.key)
         for modality in sample.modalities:
             self.modalities[modality] += 1
-        if len(self._index) >= self.samples_per_shard or self._offset >= self.max_shard_bytes:
-            self._finish()
+        self._count += 1
+        self._bytes += prepared.size
+        if self._count >= self.samples_per_shard or self._bytes >= self.max_shard_bytes:
+            self._cut()
 
-    def _finish(self) -> None:
-        if self._fh is None:
+    def _cut(self) -> None:
+        """The shard being filled is complete: finish it (or hand it to a thread)."""
+        if self._count == 0:
             return
-        assert self._hash is not None
-        self._emit(_END)
-        self._pad_record()
-        self._fh.flush()
-        digest = self._hash.hexdigest()
-        if (error := self._hash.error()) is not None:
-            self._abort()
-            raise ShardFormatError(error)
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        final = self.out / self._name
-        os.replace(self.out / f".{self._name}.tmp", final)
-        index = {"format_version": FORMAT_VERSION, "shard": self._name, "samples": self._index}
-        write_atomic(self.out / "index" / f"{final.stem}.json", json.dumps(index).encode())
-        self.shards.append(
-            {
-                "name": self._name,
-                "sha256": digest,
-                "bytes": self._offset,
-                "samples": len(self._index),
-            }
-        )
-        self._fh = self._hash = None
+        if self.workers == 1:
+            assert self._job is not None
+            self.shards.append(self._job.finish())
+            self._job = None
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="shard")
+            while len(self._running) >= self.workers:  # bounded: wait for the oldest
+                self.shards.append(self._running.popleft().result())
+            batch, self._batch = self._batch, []
+            self._running.append(
+                self._pool.submit(_write_shard, self.out, self._number, batch, self._stop)
+            )
+        self._number += 1
+        self._count = self._bytes = 0
 
-    def _pad_record(self) -> None:
-        # Like tarfile and GNU tar: the archive is a whole number of 10 KiB records.
-        if self._offset % tarfile.RECORDSIZE:
-            self._emit(tarfile.NUL * (tarfile.RECORDSIZE - self._offset % tarfile.RECORDSIZE))
+    def _raise_failed(self) -> None:
+        for future in self._running:
+            if future.done() and future.exception() is not None:
+                future.result()
 
     def _abort(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            if self._hash is not None:
-                self._hash.hexdigest()  # stops the helper threads
-            (self.out / f".{self._name}.tmp").unlink(missing_ok=True)
-            self._fh = self._hash = None
+        self._stop.set()
+        if self._job is not None:
+            self._job.abort()
+            self._job = None
+        for future in self._running:
+            future.cancel()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)  # a failed or stopped job removes its own file
+            self._pool = None
+        self._running.clear()
+        self._batch = []
 
     def close(self) -> dict[str, Any]:
-        """Finish the open shard and write ``manifest.json``; returns the manifest."""
-        self._finish()
+        """Finish the open shard(s) and write ``manifest.json``; returns the manifest."""
+        self._cut()
+        while self._running:
+            self.shards.append(self._running.popleft().result())
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
