@@ -1,6 +1,7 @@
 """GPU check: DeepSpeed ZeRO-3 bf16 on one GPU with the 1B-class preset, then a resume.
 
     .venv/bin/python bench/trainer_gpu_check.py --out $OUT/gpu_check.json   # one H100/H200
+    # on the device machine: bench/device_wheels.sh here, then bench/device_run.sh there
     .venv/bin/python bench/trainer_gpu_check.py --preset tiny --steps 4 --seq 64  # CPU smoke
 
 Writes a synthetic dataset with long reports (so sequences are full), trains ``--steps`` steps
