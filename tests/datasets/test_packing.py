@@ -279,8 +279,10 @@ def test_cancelling_a_queued_build_stops_it_at_once(world, steward):
     assert AuditEvent.objects.filter(action="datasets.version_cancel_requested").exists()
 
 
-def test_cancelling_a_running_build_stops_it_at_the_next_sample(world):
-    version = services.request_build("c", [world.run], target_shard_mb=1, acting_user=None)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_cancelling_a_running_build_stops_it_at_the_next_sample(world, settings, workers):
+    settings.DATASETS_PACK_WORKERS = workers  # 2: shards being written on threads are stopped
+    version = services.request_build("c", [world.run], target_shard_mb=0.004, acting_user=None)
 
     def cancel_midway(done, total):
         services.cancel_build(DatasetVersion.objects.get(pk=version.pk), acting_user=None)
