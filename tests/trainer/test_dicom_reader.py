@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -210,3 +211,24 @@ def test_a_truncated_file_is_an_error_naming_the_member_on_the_short_path_too() 
     data = ct_bytes(PLAIN, extra=FULL)
     with pytest.raises(dicom.DicomDecodeError, match=r"^m: DICOM pixels unreadable"):
         dicom.decode_slice(data[:-10], 0, "sha", "m")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    cuts=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=6),
+    keep=st.integers(0, 10**6),
+)
+def test_a_damaged_file_never_trips_the_short_path_into_an_error_it_does_not_hand_on(
+    cuts, keep
+) -> None:
+    data = bytearray(ct_bytes(PLAIN, extra=FULL, sequence=True))
+    for where, value in cuts:  # bytes changed anywhere: headers, lengths, VRs, values
+        data[where % len(data)] = value
+    data = data[: max(132, keep % (len(data) + 1))]
+    try:
+        quick = dicom._quick_header(bytes(data))  # returns, never loops
+    except (struct.error, ValueError, IndexError):
+        return  # decode_slice hands these files to pydicom
+    if quick is not None:
+        _header, values = quick
+        assert values.size * 2 <= len(data)  # never reads past the bytes it was given
