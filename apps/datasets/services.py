@@ -23,6 +23,7 @@ import os
 import shutil
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -566,6 +567,20 @@ class VerifyReport:
         )
 
 
+def _hash_files(paths: list[Path]) -> dict[Path, str | None]:
+    """sha256 of each file (None where it cannot be read), ``pack_workers()`` files at a time:
+    hashlib releases the GIL, so threads hash shards in parallel as the writers wrote them."""
+
+    def digest(path: Path) -> str | None:
+        try:
+            return sha256_file(path)
+        except OSError:
+            return None
+
+    with ThreadPoolExecutor(max_workers=pack_workers()) as pool:
+        return dict(zip(paths, pool.map(digest, paths), strict=True))
+
+
 def _rehash(version: DatasetVersion) -> VerifyReport:
     root = Path(version.root)
     problems: list[dict[str, str]] = []
@@ -591,7 +606,12 @@ def _rehash(version: DatasetVersion) -> VerifyReport:
         return VerifyReport(False, checked, problems)
     expected = {"manifest.json"}
     index_hashes = manifest.get("index_sha256", {})
-    for shard in manifest.get("shards", []):
+    shards = manifest.get("shards", [])
+    digests = _hash_files(
+        [root / s["name"] for s in shards if (root / s["name"]).is_file()]
+        + [root / "index" / f"{Path(s['name']).stem}.json" for s in shards]
+    )
+    for shard in shards:
         name = shard["name"]
         index_name = f"index/{Path(name).stem}.json"
         expected |= {name, index_name}
@@ -601,13 +621,15 @@ def _rehash(version: DatasetVersion) -> VerifyReport:
             problem(name, "missing")
         elif path.stat().st_size != shard["bytes"]:
             problem(name, f"{path.stat().st_size} bytes, manifest says {shard['bytes']}")
-        elif (digest := sha256_file(path)) != shard["sha256"]:
+        elif (digest := digests[path]) is None:
+            problem(name, "unreadable")
+        elif digest != shard["sha256"]:
             problem(name, f"sha256 {digest} differs from the manifest's {shard['sha256']}")
         index_path = root / index_name
         checked += 1
         if not index_path.is_file():
             problem(index_name, "missing")
-        elif name in index_hashes and sha256_file(index_path) != index_hashes[name]:
+        elif name in index_hashes and digests.get(index_path) != index_hashes[name]:
             problem(index_name, "sha256 differs from the manifest's")
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()

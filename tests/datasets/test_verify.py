@@ -76,3 +76,14 @@ def test_it_refuses_to_verify_a_version_that_is_not_ready(world):
     assert failed.status == "ready" and again.status == "failed"
     with pytest.raises(services.DatasetError, match="failed"):
         services.verify_version(again)
+
+
+def test_hashing_on_several_threads_finds_the_same_differences(built, settings):
+    shards = sorted(Path(built.root).glob("shard-*.tar"))
+    assert len(shards) >= 2
+    _flip_a_byte(shards[0])
+    _flip_a_byte(shards[-1], at=900)
+    serial = services.verify_version(built).problems
+    settings.DATASETS_PACK_WORKERS = 3
+    assert services.verify_version(built).problems == serial  # same problems, same order
+    assert [p["file"] for p in serial] == [shards[0].name, shards[-1].name]
