@@ -23,7 +23,7 @@ import os
 import shutil
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -567,9 +567,14 @@ class VerifyReport:
         )
 
 
-def _hash_files(paths: list[Path]) -> dict[Path, str | None]:
+def _hash_files(
+    paths: list[Path], progress: ProgressCallback | None = None
+) -> dict[Path, str | None]:
     """sha256 of each file (None where it cannot be read), ``pack_workers()`` files at a time:
-    hashlib releases the GIL, so threads hash shards in parallel as the writers wrote them."""
+    hashlib releases the GIL, so threads hash shards in parallel as the writers wrote them.
+    ``progress(bytes hashed, total bytes)`` after each file."""
+    sizes = {path: path.stat().st_size if path.is_file() else 0 for path in paths}
+    total, done = sum(sizes.values()), 0
 
     def digest(path: Path) -> str | None:
         try:
@@ -577,11 +582,19 @@ def _hash_files(paths: list[Path]) -> dict[Path, str | None]:
         except OSError:
             return None
 
+    digests: dict[Path, str | None] = {}
     with ThreadPoolExecutor(max_workers=pack_workers()) as pool:
-        return dict(zip(paths, pool.map(digest, paths), strict=True))
+        futures = {pool.submit(digest, path): path for path in paths}
+        for future in as_completed(futures):
+            path = futures[future]
+            digests[path] = future.result()
+            done += sizes[path]
+            if progress is not None:
+                progress(done, total)
+    return digests
 
 
-def _rehash(version: DatasetVersion) -> VerifyReport:
+def _rehash(version: DatasetVersion, progress: ProgressCallback | None = None) -> VerifyReport:
     root = Path(version.root)
     problems: list[dict[str, str]] = []
     checked = 0
@@ -609,7 +622,8 @@ def _rehash(version: DatasetVersion) -> VerifyReport:
     shards = manifest.get("shards", [])
     digests = _hash_files(
         [root / s["name"] for s in shards if (root / s["name"]).is_file()]
-        + [root / "index" / f"{Path(s['name']).stem}.json" for s in shards]
+        + [root / "index" / f"{Path(s['name']).stem}.json" for s in shards],
+        progress,
     )
     for shard in shards:
         name = shard["name"]
@@ -638,12 +652,18 @@ def _rehash(version: DatasetVersion) -> VerifyReport:
     return VerifyReport(not problems, checked, problems)
 
 
-def verify_version(version: DatasetVersion, *, acting_user: User | None = None) -> VerifyReport:
+def verify_version(
+    version: DatasetVersion,
+    *,
+    acting_user: User | None = None,
+    progress: ProgressCallback | None = None,
+) -> VerifyReport:
     """Re-hash every file of a ready version against its manifest and the manifest against
-    the hash recorded at build time; stores the result (``VerifyCheck``) and audits it."""
+    the hash recorded at build time; stores the result (``VerifyCheck``) and audits it.
+    ``progress(bytes hashed, total bytes)`` as files finish."""
     if version.status != DatasetVersion.Status.READY:
         raise DatasetError(f"{version.label} is {version.status}; only ready versions verify")
-    report = _rehash(version)
+    report = _rehash(version, progress)
     with transaction.atomic():
         check = VerifyCheck.objects.create(
             version=version,

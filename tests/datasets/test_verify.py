@@ -87,3 +87,12 @@ def test_hashing_on_several_threads_finds_the_same_differences(built, settings):
     settings.DATASETS_PACK_WORKERS = 3
     assert services.verify_version(built).problems == serial  # same problems, same order
     assert [p["file"] for p in serial] == [shards[0].name, shards[-1].name]
+
+
+def test_progress_counts_every_byte_hashed(built):
+    seen: list[tuple[int, int]] = []
+    services.verify_version(built, progress=lambda done, total: seen.append((done, total)))
+    root = Path(built.root)
+    total = sum(p.stat().st_size for p in [*root.glob("shard-*.tar"), *root.glob("index/*")])
+    assert len(seen) == 2 * built.shard_count  # one call per shard and per index file
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1] == (total, total)

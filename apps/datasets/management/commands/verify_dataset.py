@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from tqdm import tqdm
 
 from apps.core.context import bound_context
 from apps.datasets import services
@@ -26,11 +27,26 @@ class Command(BaseCommand):
             version = DatasetVersion.objects.filter(pk=int(ref)).first() if ref.isdigit() else None
         if version is None:
             raise CommandError(f"no dataset version {ref!r}")
+        bar = tqdm(
+            total=0,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            disable=opts["verbosity"] == 0,
+            file=self.stderr,
+        )
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
         with bound_context():
             try:
-                report = services.verify_version(version)
+                report = services.verify_version(version, progress=progress)
             except services.DatasetError as exc:
                 raise CommandError(str(exc)) from None
+            finally:
+                bar.close()
         if not report.ok:
             for p in report.problems:
                 self.stderr.write(f"{p['file']}: {p['problem']}")
