@@ -140,6 +140,11 @@ def tar(src: Path, out: Path, fsync: bool) -> None:
             os.close(fd)
 
 
+def hash_shards(shards: list[Path], threads: int) -> None:
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(sha256_file, shards))
+
+
 def hash_once(files: list[packing.SourceFile]) -> None:
     for f in files:
         sha256_file(f.path)
@@ -262,9 +267,7 @@ def main() -> None:
                 ["sha256sum", *map(str, shards)], check=True, capture_output=True
             ),
             **{
-                f"verify, {n} thread{'s' if n > 1 else ''}": (
-                    lambda n=n: list(ThreadPoolExecutor(n).map(sha256_file, shards))
-                )
+                f"verify, {n} thread{'s' if n > 1 else ''}": (lambda n=n: hash_shards(shards, n))
                 for n in args.workers
             },
         }

@@ -30,7 +30,13 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
 from django.utils import timezone
 
-from apps.audit.models import EVENT_COLUMNS, GENESIS_DIGEST, AuditEvent, ChainCheck
+from apps.audit.models import (
+    EVENT_COLUMNS,
+    EVENT_FIELDS,
+    GENESIS_DIGEST,
+    AuditEvent,
+    ChainCheck,
+)
 from apps.core import context
 
 if TYPE_CHECKING:
@@ -241,15 +247,10 @@ _PG_PENDING_SQL = (
 )
 
 
-# The event fields record() takes from its caller, stored and hashed as they are.
-_GIVEN_FIELDS = (
-    "user_id",
-    "action",
-    "resource",
-    "pre_hash",
-    "post_hash",
-    "request_id",
-    "client_ip",
+# The event fields record() takes from its caller, stored and hashed as they are: the exported
+# fields less those the chain computes (seq, timestamp, digests) and the JSON details.
+_GIVEN_FIELDS = tuple(
+    f for f in EVENT_FIELDS if f not in {"seq", "timestamp", "details", "prev_digest", "digest"}
 )
 
 

@@ -12,7 +12,7 @@ import pytest
 import webdataset as wds
 
 from trainer.config import load_config
-from trainer.data.batching import IGNORE_INDEX, BatchLoader, Collator, normalise_image
+from trainer.data.batching import IGNORE_INDEX, Collator, normalise_image
 from trainer.data.cache import ShardCache
 from trainer.data.dicom import stored_values, to_int16_units
 from trainer.data.sampler import ResumableSampler
@@ -410,23 +410,3 @@ def test_image_window_maps_hounsfield_units_to_unit_range() -> None:
     out = normalise_image(stack, {"images": [{"window": [40, 400]}]}, slices=1, size=2)
     assert out.shape == (1, 2, 2)
     assert out.flatten().tolist() == pytest.approx([0.0, 0.5, 1.0, 1.0])
-
-
-def test_loader_prefetches_in_order_and_reports_queue_depth(dataset) -> None:
-    cfg = load_config("tiny")
-    tok = Tokenizer.load(dataset / "tokenizer.json")
-    reader = ShardReader(dataset)
-    sampler = ResumableSampler(range(64), 4, seed=5)
-    loader = BatchLoader(reader, sampler, Collator(cfg.model, tok, 64), depth=3)
-    try:
-        expected = ResumableSampler(range(64), 4, seed=5)
-        first = loader.next()
-        assert first.indices == expected.next()
-        deadline = time.monotonic() + 10
-        while loader.queue_depth() < 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert loader.queue_depth() == 3
-        assert sampler.position == 4  # prefetching does not advance the saved position
-        assert loader.next().indices == expected.next()
-    finally:
-        loader.close()

@@ -17,15 +17,18 @@ from trainer.data.tokenizer import Tokenizer
 from trainer.metrics import PrometheusLogger
 
 
-def process_loader(dataset: Path, sampler: ResumableSampler, depth: int = 3) -> BatchLoader:
+def process_loader(
+    dataset: Path, sampler: ResumableSampler, depth: int = 3, process: bool = True
+) -> BatchLoader:
     tok = Tokenizer.load(dataset / "tokenizer.json")
     collate = Collator(load_config("tiny").model, tok, 64)
-    return BatchLoader(ShardReader(dataset), sampler, collate, depth=depth, process=True)
+    return BatchLoader(ShardReader(dataset), sampler, collate, depth=depth, process=process)
 
 
-def test_the_loader_process_prefetches_in_order_and_reports_queue_depth(dataset) -> None:
+@pytest.mark.parametrize("process", [True, False], ids=["process", "thread"])
+def test_the_loader_prefetches_in_order_and_reports_queue_depth(dataset, process) -> None:
     sampler = ResumableSampler(range(64), 4, seed=5)
-    loader = process_loader(dataset, sampler)
+    loader = process_loader(dataset, sampler, process=process)
     try:
         expected = ResumableSampler(range(64), 4, seed=5)
         first = loader.next()
