@@ -2,7 +2,10 @@
 
 Routes (registered by controlplane/api.py):
 - ``/api/datasets/versions/``: list, retrieve, create (queues a build; 202), ``{id}/verify/``
-  (POST), ``{id}/cancel/`` (POST), ``{id}/lineage/`` (every raw file behind it, paginated).
+  (POST queues a re-hash on a worker; 202 with the check), ``{id}/cancel/`` (POST),
+  ``{id}/lineage/`` (every raw file behind it, paginated).
+- ``/api/datasets/checks/``: verification checks (``?version=``), newest first; poll one by id
+  for ``status``, ``bytes_done``/``bytes_total`` and, once ``done``, ``ok`` and ``problems``.
 - ``/api/datasets/lineage/raw-file/?id=`` or ``?sha256=``, and
   ``/api/datasets/lineage/patient/?pseudonym=``: every version and consumer the data reached.
 - ``/api/datasets/annotations/``: list (``?version=``), retrieve, create (multipart upload).
@@ -21,7 +24,13 @@ from rest_framework.response import Response
 
 from apps.datasets import services
 from apps.datasets.filtersets import VersionFilterForm
-from apps.datasets.models import AnnotationSet, DatasetMember, DatasetUse, DatasetVersion
+from apps.datasets.models import (
+    AnnotationSet,
+    DatasetMember,
+    DatasetUse,
+    DatasetVersion,
+    VerifyCheck,
+)
 from apps.datasets.views import BUILD, LABELS_READ, LABELS_WRITE, LINEAGE, READ, VERIFY
 from apps.inventory.models import RawFile
 
@@ -57,6 +66,27 @@ class VersionSerializer(serializers.ModelSerializer):
             "created_by",
             "created",
             "finished_at",
+        ]
+        read_only_fields = fields
+
+
+class CheckSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = VerifyCheck
+        fields = [
+            "id",
+            "version",
+            "status",
+            "ok",
+            "problems",
+            "files_checked",
+            "bytes_done",
+            "bytes_total",
+            "checked_at",
+            "heartbeat_at",
+            "finished_at",
+            "error",
+            "checked_by_id",
         ]
         read_only_fields = fields
 
@@ -162,14 +192,13 @@ class DatasetVersionViewSet(
 
     @action(detail=True, methods=["post"])
     def verify(self, request: Request, pk: str | None = None) -> Response:
-        version = self.get_object()
+        """Queue a re-hash of every file (202 with the check to poll at
+        ``/api/datasets/checks/{id}/``); one already queued or running is returned instead."""
         try:
-            report = services.verify_version(version, acting_user=request.user)
+            check = services.request_verify(self.get_object(), acting_user=request.user)
         except services.DatasetError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-        return Response(
-            {"ok": report.ok, "files_checked": report.files_checked, "problems": report.problems}
-        )
+        return Response(CheckSerializer(check).data, status=status.HTTP_202_ACCEPTED)
 
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
@@ -195,6 +224,27 @@ def _reach_data(reach: services.Reach) -> dict[str, Any]:
         ],
         "uses": UseSerializer(reach.uses, many=True).data,
     }
+
+
+def _of_version(view: viewsets.GenericViewSet, qs: Any) -> Any:
+    """A list narrowed by ``?version=<id>``."""
+    version = view.request.query_params.get("version")
+    if view.action == "list" and version:
+        if not version.isdigit():
+            raise ValidationError({"version": "must be an id"})
+        qs = qs.filter(version_id=int(version))
+    return qs
+
+
+class VerifyCheckViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Verification checks of dataset versions, newest first (``?version=`` narrows)."""
+
+    allowed_roles = set(READ)
+    serializer_class = CheckSerializer
+    queryset = VerifyCheck.objects.order_by("-checked_at", "-pk")
+
+    def get_queryset(self) -> Any:
+        return _of_version(self, super().get_queryset())
 
 
 class LineageViewSet(viewsets.ViewSet):
@@ -239,13 +289,7 @@ class AnnotationSetViewSet(
     queryset = AnnotationSet.objects.order_by("version_id", "name", "-number")
 
     def get_queryset(self) -> Any:
-        qs = super().get_queryset()
-        version = self.request.query_params.get("version")
-        if self.action == "list" and version:
-            if not version.isdigit():
-                raise ValidationError({"version": "must be an id"})
-            qs = qs.filter(version_id=int(version))
-        return qs
+        return _of_version(self, super().get_queryset())
 
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         data = AnnotationUploadSerializer(data=request.data)
@@ -270,6 +314,7 @@ class AnnotationSetViewSet(
 
 routes = [
     ("datasets/versions", DatasetVersionViewSet, "datasetversion"),
+    ("datasets/checks", VerifyCheckViewSet, "verifycheck"),
     ("datasets/lineage", LineageViewSet, "datasetlineage"),
     ("datasets/annotations", AnnotationSetViewSet, "annotationset"),
 ]

@@ -138,20 +138,42 @@ class DatasetUse(models.Model):
 
 
 class VerifyCheck(models.Model):
-    """One re-hash of a version's files; kept as history because versions never change."""
+    """One re-hash of a version's files; kept as history because versions never change.
+
+    A check from the pages or the API is ``queued`` and a worker re-hashes (``running``, with
+    ``bytes_done`` of ``bytes_total`` and a heartbeat), so terabytes never hash inside a
+    request; the CLI runs one in its own process. ``ok`` is None until the check is ``done``.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", _("Queued")
+        RUNNING = "running", _("Running")
+        DONE = "done", _("Done")
+        FAILED = "failed", _("Failed")
 
     version = models.ForeignKey(DatasetVersion, on_delete=models.CASCADE, related_name="checks")
-    ok = models.BooleanField()
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.QUEUED)
+    ok = models.BooleanField(null=True)
     problems = models.JSONField(default=list, blank=True)  # [{"file", "problem"}]
     files_checked = models.IntegerField(default=0)
-    checked_at = models.DateTimeField(auto_now_add=True)
+    bytes_total = models.BigIntegerField(default=0)
+    bytes_done = models.BigIntegerField(default=0)
+    checked_at = models.DateTimeField(auto_now_add=True)  # when it was asked for
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.CharField(max_length=300, blank=True)
     checked_by_id = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["-checked_at", "-pk"]
 
     def __str__(self) -> str:
-        return f"check {self.pk} of {self.version_id} ({'ok' if self.ok else 'broken'})"
+        state = self.status if self.ok is None else ("ok" if self.ok else "broken")
+        return f"check {self.pk} of {self.version_id} ({state})"
+
+    @property
+    def unfinished(self) -> bool:
+        return self.status in (self.Status.QUEUED, self.Status.RUNNING)
 
 
 class AnnotationSet(models.Model):

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -652,6 +653,126 @@ def _rehash(version: DatasetVersion, progress: ProgressCallback | None = None) -
     return VerifyReport(not problems, checked, problems)
 
 
+def request_verify(version: DatasetVersion, *, acting_user: User | None) -> VerifyCheck:
+    """Queue a re-hash of a ready version on a worker (the pages and the API call this).
+
+    Returns the check to poll. While one is queued or running for the version, that one is
+    returned instead of a second (two clicks, one re-hash); one whose worker fell silent for
+    ``STALE_CLAIM_SECONDS`` is marked failed and a new one is queued.
+    """
+    if version.status != DatasetVersion.Status.READY:
+        raise DatasetError(f"{version.label} is {version.status}; only ready versions verify")
+    with transaction.atomic():
+        # Serialises two requests for one version (PostgreSQL; SQLite writes one at a time).
+        DatasetVersion.objects.select_for_update().filter(pk=version.pk).first()
+        _give_up_stale_checks(version)
+        pending = version.checks.filter(status__in=_UNFINISHED).first()
+        if pending is not None:
+            return pending
+        check = VerifyCheck.objects.create(
+            version=version, checked_by_id=getattr(acting_user, "pk", None)
+        )
+        record(
+            "datasets.version_verify_requested",
+            _resource(version),
+            actor=acting_user,
+            details={"check": check.pk},
+        )
+
+        def enqueue() -> None:
+            from apps.datasets.tasks import run_verify_check as task
+
+            task.delay(check.pk)
+
+        transaction.on_commit(enqueue)
+    return check
+
+
+_UNFINISHED = (VerifyCheck.Status.QUEUED, VerifyCheck.Status.RUNNING)
+# The database row is written at most this often while hashing (and at the end).
+_HEARTBEAT_SECONDS = 1.0
+
+
+def _give_up_stale_checks(version: DatasetVersion) -> None:
+    stale = timezone.now() - timedelta(seconds=STALE_CLAIM_SECONDS)
+    lost = Q(status=VerifyCheck.Status.RUNNING, heartbeat_at__lt=stale) | Q(
+        status=VerifyCheck.Status.QUEUED, checked_at__lt=stale
+    )
+    for check in version.checks.filter(lost):
+        _fail_check(check.pk, "no worker reported on this check; asked again")
+
+
+def _fail_check(pk: int, reason: str) -> None:
+    VerifyCheck.objects.filter(pk=pk, status__in=_UNFINISHED).update(
+        status=VerifyCheck.Status.FAILED, error=reason[:300], finished_at=timezone.now()
+    )
+
+
+def _claim_check(pk: int) -> bool:
+    """Take a queued check (or a running one whose worker fell silent: a redelivered task)."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=STALE_CLAIM_SECONDS)
+    taken = Q(status=VerifyCheck.Status.QUEUED) | Q(
+        status=VerifyCheck.Status.RUNNING, heartbeat_at__lt=stale
+    )
+    return bool(
+        VerifyCheck.objects.filter(taken, pk=pk).update(
+            status=VerifyCheck.Status.RUNNING, heartbeat_at=now, bytes_done=0
+        )
+    )
+
+
+def run_verify_check(pk: int, *, progress: ProgressCallback | None = None) -> VerifyCheck:
+    """Re-hash the check's version (the worker's task body; the CLI runs it inline) and store
+    the result: ``done`` with ``ok`` and the problems, or ``failed`` with a reason when the
+    files could not be read at all. Idempotent: a check another worker holds, or a finished
+    one, is returned as it is. ``progress(bytes hashed, total bytes)`` as files finish."""
+    if not _claim_check(pk):
+        return VerifyCheck.objects.get(pk=pk)
+    check = VerifyCheck.objects.select_related("version").get(pk=pk)
+    version = check.version
+    last_beat = 0.0
+
+    def beat(done: int, total: int) -> None:
+        nonlocal last_beat
+        now = time.monotonic()
+        if now - last_beat >= _HEARTBEAT_SECONDS or done == total:
+            last_beat = now
+            VerifyCheck.objects.filter(pk=pk).update(
+                bytes_done=done, bytes_total=total, heartbeat_at=timezone.now()
+            )
+        if progress is not None:
+            progress(done, total)
+
+    try:
+        report = _rehash(version, beat)
+    except Exception as exc:
+        # Names and paths inside a version are pseudonymous; the type is enough for the page.
+        logger.exception("verifying dataset version %s failed", version.pk)
+        _fail_check(pk, f"verification stopped: {type(exc).__name__}")
+        return VerifyCheck.objects.get(pk=pk)
+    with transaction.atomic():
+        VerifyCheck.objects.filter(pk=pk).update(
+            status=VerifyCheck.Status.DONE,
+            ok=report.ok,
+            problems=report.problems,
+            files_checked=report.files_checked,
+            finished_at=timezone.now(),
+        )
+        record(
+            "datasets.version_verified",
+            _resource(version),
+            actor=check.checked_by_id,
+            details={
+                "ok": report.ok,
+                "files_checked": report.files_checked,
+                "problems": len(report.problems),
+                "check": pk,
+            },
+        )
+    return VerifyCheck.objects.get(pk=pk)
+
+
 def verify_version(
     version: DatasetVersion,
     *,
@@ -659,31 +780,18 @@ def verify_version(
     progress: ProgressCallback | None = None,
 ) -> VerifyReport:
     """Re-hash every file of a ready version against its manifest and the manifest against
-    the hash recorded at build time; stores the result (``VerifyCheck``) and audits it.
-    ``progress(bytes hashed, total bytes)`` as files finish."""
+    the hash recorded at build time, here and now (the CLI and scheduled checks); stores the
+    result (``VerifyCheck``) and audits it. ``progress(bytes hashed, total bytes)`` as files
+    finish."""
     if version.status != DatasetVersion.Status.READY:
         raise DatasetError(f"{version.label} is {version.status}; only ready versions verify")
-    report = _rehash(version, progress)
-    with transaction.atomic():
-        check = VerifyCheck.objects.create(
-            version=version,
-            ok=report.ok,
-            problems=report.problems,
-            files_checked=report.files_checked,
-            checked_by_id=getattr(acting_user, "pk", None),
-        )
-        record(
-            "datasets.version_verified",
-            _resource(version),
-            actor=acting_user,
-            details={
-                "ok": report.ok,
-                "files_checked": report.files_checked,
-                "problems": len(report.problems),
-                "check": check.pk,
-            },
-        )
-    return report
+    check = VerifyCheck.objects.create(
+        version=version, checked_by_id=getattr(acting_user, "pk", None)
+    )
+    check = run_verify_check(check.pk, progress=progress)
+    if check.status != VerifyCheck.Status.DONE:
+        raise DatasetError(f"{version.label}: {check.error}")
+    return VerifyReport(bool(check.ok), check.files_checked, list(check.problems))
 
 
 # --- lineage ---------------------------------------------------------------------------------

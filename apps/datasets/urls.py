@@ -12,6 +12,7 @@ urlpatterns = [
     path("<int:pk>/status/", views.version_status, name="status"),
     path("<int:pk>/lineage/", views.version_lineage, name="version_lineage"),
     path("<int:pk>/verify/", views.version_verify, name="verify"),
+    path("<int:pk>/verify/status/", views.verify_status, name="verify_status"),
     path("<int:pk>/cancel/", views.version_cancel, name="cancel"),
     path("<int:pk>/labels/", views.annotation_list, name="annotations"),
     path("<int:pk>/labels/new/", views.annotation_new, name="annotation_new"),

@@ -112,9 +112,10 @@ def version_lineage(request: HttpRequest, pk: int) -> HttpResponse:
 @roles(*VERIFY)
 @require_POST
 def version_verify(request: HttpRequest, pk: int) -> HttpResponse:
+    """Queue a re-hash on a worker; the panel then polls ``verify_status``."""
     version = get_version(pk)
     try:
-        report = services.verify_version(version, acting_user=request.user)
+        check = services.request_verify(version, acting_user=request.user)
     except services.DatasetError as exc:
         if is_htmx(request):
             return render(
@@ -124,12 +125,22 @@ def version_verify(request: HttpRequest, pk: int) -> HttpResponse:
         return redirect("datasets:detail", pk=pk)
     if is_htmx(request):
         return render(
-            request,
-            "datasets/partials/verify_result.html",
-            {"check": version.checks.first(), "report": report},
+            request, "datasets/partials/verify_result.html", {"version": version, "check": check}
         )
-    (messages.success if report.ok else messages.error)(request, report.summary())
+    messages.info(request, _("Verification queued; this page shows its progress."))
     return redirect("datasets:detail", pk=pk)
+
+
+@roles(*READ)
+@require_GET
+def verify_status(request: HttpRequest, pk: int) -> HttpResponse:
+    """The verification panel; htmx polls it while a check is queued or running."""
+    version = get_version(pk)
+    return render(
+        request,
+        "datasets/partials/verify_result.html",
+        {"version": version, "check": version.checks.first()},
+    )
 
 
 @roles(*BUILD)

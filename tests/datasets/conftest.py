@@ -95,3 +95,19 @@ def built(world, steward):
     )
     assert version.status == "ready", version.error
     return version
+
+
+@pytest.fixture
+def verify_queue(monkeypatch):
+    """The check ids the pages and the API queue for a worker, caught before the broker;
+    ``verify_queue.run()`` hashes them here as the worker's task would."""
+    from apps.datasets import services, tasks
+
+    class Queue(list):
+        def run(self) -> None:
+            while self:
+                services.run_verify_check(self.pop(0))
+
+    queue = Queue()
+    monkeypatch.setattr(tasks.run_verify_check, "delay", queue.append)
+    return queue

@@ -58,17 +58,47 @@ def test_versions_are_listed_and_retrieved_with_counts(built, as_role):
     assert one["manifest_sha256"] == built.manifest_sha256
 
 
-def test_the_verify_action_reports_differences(built, as_role):
+def test_the_verify_action_queues_a_check_that_reports_differences(
+    built, as_role, verify_queue, django_capture_on_commit_callbacks
+):
     client = as_role("operator")
-    assert client.post(f"/api/datasets/versions/{built.pk}/verify/").json()["ok"] is True
+
+    def verify() -> dict:
+        with django_capture_on_commit_callbacks(execute=True):
+            response = client.post(f"/api/datasets/versions/{built.pk}/verify/")
+        assert response.status_code == 202, response.content
+        return response.json()
+
+    queued = verify()
+    assert queued["status"] == "queued" and queued["ok"] is None
+    assert verify()["id"] == queued["id"]  # asked twice before a worker took it: one check
+    assert verify_queue == [queued["id"]]
+    verify_queue.run()
+    done = as_role("auditor").get(f"/api/datasets/checks/{queued['id']}/").json()
+    assert done["status"] == "done" and done["ok"] is True
+    assert done["bytes_done"] == done["bytes_total"] > 0
+
     shard = sorted(Path(built.root).glob("shard-*.tar"))[0]
     shard.chmod(0o644)
     data = bytearray(shard.read_bytes())
     data[600] ^= 0xFF
     shard.write_bytes(bytes(data))
-    body = client.post(f"/api/datasets/versions/{built.pk}/verify/").json()
-    assert body["ok"] is False and body["problems"][0]["file"] == shard.name
+    again = verify()
+    assert again["id"] != queued["id"]
+    verify_queue.run()
+    listed = client.get(f"/api/datasets/checks/?version={built.pk}").json()["results"]
+    assert [c["id"] for c in listed] == [again["id"], queued["id"]]  # newest first
+    assert listed[0]["ok"] is False and listed[0]["problems"][0]["file"] == shard.name
     assert as_role("auditor").post(f"/api/datasets/versions/{built.pk}/verify/").status_code == 403
+    assert client.get("/api/datasets/checks/?version=x").status_code == 400
+
+
+def test_verifying_a_version_still_building_is_refused(world, as_role):
+    from apps.datasets import services
+
+    version = services.request_build("c", [world.run], target_shard_mb=1, acting_user=None)
+    response = as_role("operator").post(f"/api/datasets/versions/{version.pk}/verify/")
+    assert response.status_code == 409 and "only ready versions verify" in response.json()["detail"]
 
 
 def test_the_version_lineage_endpoint_lists_raw_files(built, world, as_role):

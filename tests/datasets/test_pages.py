@@ -15,6 +15,10 @@ PAGES = [
     ("/datasets/{pk}/", {"data_steward", "privacy_officer", "operator", "auditor"}),
     ("/datasets/{pk}/lineage/", {"data_steward", "privacy_officer", "operator", "auditor"}),
     ("/datasets/{pk}/status/", {"data_steward", "privacy_officer", "operator", "auditor"}),
+    (
+        "/datasets/{pk}/verify/status/",
+        {"data_steward", "privacy_officer", "operator", "auditor"},
+    ),
     ("/datasets/build/", {"data_steward"}),
     ("/datasets/lineage/", {"privacy_officer", "data_steward", "auditor"}),
     ("/datasets/lineage.csv?q=P-AAAA", {"privacy_officer", "data_steward", "auditor"}),
@@ -74,10 +78,33 @@ def test_the_detail_page_shows_counts_manifest_and_lineage(built, world, as_role
     assert "P-AAAA/" not in page  # no de-identified paths, let alone raw ones
 
 
-def test_the_verify_button_shows_the_result(built, as_role):
-    response = as_role("operator").post(f"/datasets/{built.pk}/verify/", HTTP_HX_REQUEST="true")
+def test_the_verify_button_queues_a_check_and_the_panel_polls_until_it_is_done(
+    built, as_role, verify_queue, django_capture_on_commit_callbacks
+):
+    client = as_role("operator")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(f"/datasets/{built.pk}/verify/", HTTP_HX_REQUEST="true")
     assert response.status_code == 200
-    assert 'data-verify="ok"' in response.content.decode()
+    panel = response.content.decode()
+    assert 'data-verify="queued"' in panel
+    assert f'hx-get="/datasets/{built.pk}/verify/status/"' in panel
+    assert len(verify_queue) == 1
+    verify_queue.run()
+    panel = client.get(f"/datasets/{built.pk}/verify/status/").content.decode()
+    assert 'data-verify="ok"' in panel and "hx-get" not in panel  # done: polling stops
+    page = client.get(f"/datasets/{built.pk}/").content.decode()
+    assert 'data-verify="ok"' in page
+
+
+def test_a_running_check_shows_its_progress_in_bytes(built, as_role):
+    from apps.datasets.models import VerifyCheck
+
+    VerifyCheck.objects.create(
+        version=built, status="running", bytes_done=3 << 20, bytes_total=12 << 20
+    )
+    panel = as_role("auditor").get(f"/datasets/{built.pk}/verify/status/").content.decode()
+    assert 'data-verify="running"' in panel and "hx-get" in panel
+    assert f'max="{12 << 20}" value="{3 << 20}"' in panel
 
 
 def test_the_build_form_offers_only_released_runs(world, unreleased_world, as_role):

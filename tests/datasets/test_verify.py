@@ -96,3 +96,43 @@ def test_progress_counts_every_byte_hashed(built):
     total = sum(p.stat().st_size for p in [*root.glob("shard-*.tar"), *root.glob("index/*")])
     assert len(seen) == 2 * built.shard_count  # one call per shard and per index file
     assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1] == (total, total)
+
+
+@pytest.mark.parametrize("state", ["queued", "running"])
+def test_a_check_no_worker_reported_on_is_given_up_and_asked_again(built, steward, state):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    first = services.request_verify(built, acting_user=steward)
+    assert services.request_verify(built, acting_user=steward).pk == first.pk
+    then = timezone.now() - timedelta(seconds=services.STALE_CLAIM_SECONDS + 1)
+    fields = {"checked_at": then} if state == "queued" else {"heartbeat_at": then}
+    VerifyCheck.objects.filter(pk=first.pk).update(status=state, **fields)
+    second = services.request_verify(built, acting_user=steward)
+    first.refresh_from_db()
+    assert second.pk != first.pk and second.status == "queued"
+    assert first.status == "failed" and "no worker reported" in first.error
+    # The lost worker's task, delivered late, finds its check given up and does nothing.
+    assert services.run_verify_check(first.pk).status == "failed"
+
+
+def test_a_redelivered_task_does_not_hash_a_finished_check_again(built):
+    check = services.request_verify(built, acting_user=None)
+    done = services.run_verify_check(check.pk)
+    assert done.status == "done" and done.ok
+    finished_at = done.finished_at
+    assert services.run_verify_check(check.pk).finished_at == finished_at
+    assert AuditEvent.objects.filter(action="datasets.version_verified").count() == 1
+
+
+def test_a_check_that_cannot_read_the_files_fails_with_a_reason(built, monkeypatch):
+    def gone(*args, **kwargs):  # fault injection: the storage goes away mid-check
+        raise OSError("Input/output error: /mnt/datasets/ct-demo")
+
+    monkeypatch.setattr(services, "_rehash", gone)
+    check = services.run_verify_check(services.request_verify(built, acting_user=None).pk)
+    assert check.status == "failed" and check.ok is None
+    assert check.error == "verification stopped: OSError"  # no path in the page's text
+    with pytest.raises(services.DatasetError, match="verification stopped"):
+        services.verify_version(built)
