@@ -97,7 +97,7 @@ class DataConfig:
     """Where samples come from and how they are batched."""
 
     path: str = ""  # dataset version folder (shards + index/ + manifest.json)
-    tokenizer: str = ""  # tokenizer JSON; empty = <path>/tokenizer.json
+    tokenizer: str = ""  # tokenizer JSON; empty = <path>/tokenizer.json, else byte-level
     seq_len: int = 64  # tokens per sequence, image/waveform tokens and markers included
     micro_batch_size: int = 4  # sequences per rank per forward pass
     grad_accum_steps: int = 1  # micro-batches per optimizer step

@@ -90,7 +90,9 @@ def build_data(cfg: TrainConfig, rank: int, world: int) -> Data:
     cache = ShardCache(d.path, d.cache_dir, d.prefetch_shards) if d.cache_dir else None
     resolve = cache.path if cache is not None else None
     reader = ShardReader(d.path, resolve=resolve)
-    tokenizer = Tokenizer.load(d.tokenizer or Path(d.path) / "tokenizer.json")
+    tokenizer = Tokenizer.for_dataset(d.path, d.tokenizer)
+    if not tokenizer.merges:
+        log.warning("no tokenizer.json in %s and none given: using byte-level ids", d.path)
     collate = Collator(cfg.model, tokenizer, d.seq_len)
     n = len(reader)
     if d.eval_samples >= n:

@@ -57,6 +57,30 @@ def patients(n: int, seed: int = 7) -> list[FakePatient]:
     return out
 
 
+def planted(p: FakePatient) -> dict[str, list[str]]:
+    """The fake PHI planted for ``p``, by review category (what a reviewer looks for)."""
+    return {
+        "name": [p.name_zh, f"Demo{p.index}", "Zhou"],
+        "id_number": [p.patient_id, p.resident_id, f"ACC{p.index:06d}"],
+        "phone": [p.phone],
+        "other": ["示范市第一人民医院"],
+    }
+
+
+def planted_found(data: bytes, cohort: list[FakePatient]) -> str:
+    """The review category of the first planted value still in ``data`` (a de-identified
+    file's bytes), or "" when none is: the demo's scripted reviewer knows the answer key.
+    ASCII values are matched in any case (EDF headers are upper case)."""
+    folded = data.lower()
+    for p in cohort:
+        for category, values in planted(p).items():
+            for value in values:
+                needle = value.encode()
+                if (needle.lower() in folded) if value.isascii() else (needle in data):
+                    return category
+    return ""
+
+
 def write_ct(path: Path, p: FakePatient, slice_no: int, study_uid: str, series_uid: str) -> None:
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -158,7 +182,10 @@ def edf(p: FakePatient, seconds: int = 10, rate: int = 250) -> bytes:
     return head + bytes(body)
 
 
-def write_cohort(root: Path, n_patients: int = 12, slices: int = 4) -> int:
+COHORT_SIZE = 12
+
+
+def write_cohort(root: Path, n_patients: int = COHORT_SIZE, slices: int = 4) -> int:
     """Write the cohort under ``root`` (idempotent); returns the number of files."""
     from pydicom.uid import generate_uid
 

@@ -325,6 +325,16 @@ def test_tokenizer_training_is_deterministic() -> None:
     assert Tokenizer.train(texts, 280).merges == Tokenizer.train(texts, 280).merges
 
 
+def test_a_dataset_without_a_tokenizer_is_read_with_byte_ids(tmp_path) -> None:
+    trained = Tokenizer.train(["the lesion in the left lobe"] * 5, 300)
+    trained.save(tmp_path / "own.json")
+    bare = Tokenizer.for_dataset(tmp_path)  # a packed version: no tokenizer.json
+    assert bare.vocab_size == 265 and bare.decode(bare.encode("胸部CT 40HU")) == "胸部CT 40HU"
+    assert Tokenizer.for_dataset(tmp_path, tmp_path / "own.json").merges == trained.merges
+    trained.save(tmp_path / "tokenizer.json")
+    assert Tokenizer.for_dataset(tmp_path).merges == trained.merges
+
+
 def test_sampler_splits_each_global_batch_across_ranks() -> None:
     one = ResumableSampler(range(20), micro_batch=4, seed=3)
     ranks = [ResumableSampler(range(20), micro_batch=2, rank=r, world=2, seed=3) for r in (0, 1)]

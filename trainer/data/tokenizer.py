@@ -106,6 +106,17 @@ class Tokenizer:
         return cls([tuple(m) for m in payload["merges"]])
 
     @classmethod
+    def for_dataset(cls, folder: str | Path, explicit: str | Path = "") -> Tokenizer:
+        """The tokenizer a run on ``folder`` uses: ``explicit`` when given, else the dataset's
+        own ``tokenizer.json``, else the byte-level base (no merges: 265 ids, every text
+        still round-trips; about three ids per Chinese character instead of one or two).
+        Dataset versions packed by the control plane carry no trained tokenizer yet."""
+        if explicit:
+            return cls.load(explicit)
+        own = Path(folder) / "tokenizer.json"
+        return cls.load(own) if own.is_file() else cls([])
+
+    @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> Tokenizer:
         """Learn ``vocab_size - 265`` merges from ``texts`` (deterministic: ties break by id)."""
         if vocab_size < BYTE_OFFSET + 256:

@@ -15,6 +15,7 @@ import json
 import secrets
 import string
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,14 @@ def _password() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(14))
 
 
+def fields(done: str, total: str) -> Callable[[Any], tuple[int, int | None]]:
+    """Progress read from two fields of the row the worker updates."""
+    return lambda row: (getattr(row, done), getattr(row, total) or None)
+
+
 class Command(BaseCommand):
     help = "Create demo users for every role and print the logins (demo only)."
+    review_url = dataset_url = run_url = ""
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--url", default="http://127.0.0.1:8000")
@@ -87,6 +94,12 @@ class Command(BaseCommand):
             "(keys: p pass, f fail, ? help); the data steward releases the run once the gate "
             "passes.\n"
         )
+        if self.run_url:
+            self.stdout.write(
+                f"Then: the released dataset {url}{self.dataset_url} (lineage, verify) and the "
+                f"training run {url}{self.run_url} (attempts, script, log, checkpoints, metrics), "
+                "as demo_data_steward and demo_operator.\n"
+            )
         self.stdout.write(
             "Add a TOTP secret to any authenticator app (or `oathtool --totp -b "
             "SECRET`) for the roles that require it.\n"
@@ -94,7 +107,6 @@ class Command(BaseCommand):
 
     def run_main_job(self) -> None:
         """Synthetic cohort → scan → de-identification, each step on the real worker."""
-        from apps.deid import services as deid
         from apps.deid.models import DeidRun
         from apps.inventory import services as inventory
         from apps.inventory.models import DataSource, IngestBatch
@@ -127,22 +139,13 @@ class Command(BaseCommand):
                 IngestBatch,
                 batch.pk,
                 "scan",
-                "files_done",
-                "files_total",
+                fields("files_done", "files_total"),
                 done={"done", "failed", "cancelled"},
             )
-        run = batch.deid_runs.filter(status=DeidRun.Status.DONE).order_by("-pk").first()
-        if run is None:
-            with bound_context():
-                run = deid.start_run(batch, acting_user=steward)
-            run = self.wait(
-                DeidRun,
-                run.pk,
-                "de-identify",
-                "files_done",
-                "files_total",
-                done={"done", "failed", "cancelled"},
-            )
+        # The first finished run is the one left for a person to review (the second is the
+        # scripted reviewer's: flow.py).
+        run = batch.deid_runs.filter(status=DeidRun.Status.DONE).order_by("pk").first()
+        run = run or self.deidentify(batch, steward, "de-identify")
         self.stdout.write(
             f"de-identification run {run.pk}: {run.files_ok} de-identified, "
             f"{run.files_quarantined} quarantined, {run.files_error} errors"
@@ -157,30 +160,138 @@ class Command(BaseCommand):
         self.stdout.write(
             f"review batch {review.pk}: {review.items.count()} items sampled (seed {review.seed})"
         )
+        self.release_and_train(batch, first_run=run, steward=steward)
         self.verify_audit_chain()
+
+    def release_and_train(self, batch: Any, *, first_run: Any, steward: Any) -> None:
+        """A second de-id run of the scan, reviewed by the scripted reviewer, released, packed,
+        verified and trained on (apps/demo/flow.py)."""
+        from apps.datasets.models import DatasetVersion, VerifyCheck
+        from apps.deid.models import DeidRun
+        from apps.demo import flow
+        from apps.jobs.models import TrainingRun
+
+        users = get_user_model().objects
+        clinician = users.get(username="demo_clinician_reviewer")
+        operator = users.get(username="demo_operator")
+        run = (
+            batch.deid_runs.filter(status=DeidRun.Status.DONE)
+            .exclude(pk=first_run.pk)
+            .order_by("-pk")
+            .first()
+        )
+        run = run or self.deidentify(batch, steward, "de-identify (2nd run)")
+        review = flow.review_batch(run, steward)
+        already = run.released_at is not None
+        passed, failed = flow.scripted_review(review, clinician)
+        if passed + failed:
+            self.stdout.write(
+                f"review batch {review.pk} of run {run.pk}: the scripted reviewer judged "
+                f"{passed + failed} files against the planted PHI ({passed} pass, {failed} fail)"
+            )
+        reasons = flow.release(run, review, steward)
+        if reasons:
+            self.stdout.write("release gate closed: " + " ".join(reasons))
+            return
+        self.stdout.write(
+            f"de-identification run {run.pk} "
+            + ("was released earlier" if already else "released through the gate")
+        )
+        version = flow.dataset_version(run, steward)
+        version = self.wait(
+            DatasetVersion,
+            version.pk,
+            "pack",
+            fields("progress_done", "progress_total"),
+            done={"ready", "failed"},
+            ok="ready",
+            unit="sample",
+        )
+        self.stdout.write(
+            f"dataset {version.label}: {version.sample_count} samples in "
+            f"{version.shard_count} shards, manifest {version.manifest_sha256[:12]}…"
+        )
+        self.dataset_url = f"/datasets/{version.pk}/"
+        with bound_context():
+            check = flow.datasets.request_verify(version, acting_user=steward)
+        check = self.wait(
+            VerifyCheck,
+            check.pk,
+            "verify",
+            fields("bytes_done", "bytes_total"),
+            done={"done", "failed"},
+            unit="B",
+        )
+        self.stdout.write(
+            f"verify: {check.files_checked} files, "
+            + ("all match the manifest" if check.ok else f"{len(check.problems)} differences")
+        )
+        training = flow.training_run(version, operator)
+        self.run_url = f"/jobs/runs/{training.pk}/"
+        training = self.wait(
+            TrainingRun,
+            training.pk,
+            "train (tiny, CPU)",
+            lambda row: (flow.last_step(row), flow.RUN_STEPS),
+            done={"completed", "failed", "cancelled", "lost"},
+            ok="completed",
+            status_field="state",
+            unit="step",
+            timeout=900,
+        )
+        from apps.jobs import services as jobs
+
+        losses = flow.losses(training)
+        checkpoints = jobs.run_checkpoints(training)
+        self.stdout.write(
+            f"training run {training.pk}: {training.state} after {len(losses)} steps, loss "
+            f"{losses[0]:.3f} → {losses[-1]:.3f}, {len(checkpoints)} checkpoint(s)"
+            if losses
+            else f"training run {training.pk}: {training.state}, no metrics written"
+        )
+
+    def deidentify(self, batch: Any, steward: Any, label: str) -> Any:
+        """A de-identification run of ``batch`` on the worker, followed to its end."""
+        from apps.deid import services as deid
+        from apps.deid.models import DeidRun
+
+        with bound_context():
+            run = deid.start_run(batch, acting_user=steward)
+        return self.wait(
+            DeidRun,
+            run.pk,
+            label,
+            fields("files_done", "files_total"),
+            done={"done", "failed", "cancelled"},
+        )
 
     def wait(
         self,
         model: Any,
         pk: int,
         label: str,
-        done_field: str,
-        total_field: str,
+        progress: Callable[[Any], tuple[int, int | None]] | None,
         *,
         done: set[str],
+        ok: str = "done",
+        status_field: str = "status",
+        unit: str = "file",
         timeout: float = 600,
     ) -> Any:
         """Follow a row the worker updates, with a progress bar, until its status is final."""
         deadline = time.monotonic() + timeout
-        with tqdm(desc=label, unit="file", file=self.stdout._out) as bar:
+        scale = unit == "B"
+        with tqdm(desc=label, unit=unit, unit_scale=scale, file=self.stdout._out) as bar:
             while time.monotonic() < deadline:
                 row = model.objects.get(pk=pk)
-                bar.total = getattr(row, total_field) or None
-                bar.n = getattr(row, done_field)
+                if progress is not None:
+                    bar.n, bar.total = progress(row)
                 bar.refresh()
-                if row.status in done:
-                    if row.status != "done":
-                        raise CommandError(f"{label} ended {row.status}: {row.error}")
+                status = getattr(row, status_field)
+                if status in done:
+                    if status != ok:
+                        why = getattr(row, "error", "") or getattr(row, "reason", "")
+                        raise CommandError(f"{label} ended {status}: {why}")
                     return row
                 time.sleep(0.5)
         raise CommandError(f"{label} did not finish in {timeout:.0f} s; see var/log/worker.log")
