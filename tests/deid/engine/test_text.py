@@ -230,6 +230,45 @@ def test_names_after_context_words_are_caught(surname, given_name, cue) -> None:
     assert name not in out
 
 
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("向主任查房后指示：复查血常规", "向主任"),
+        ("应主任会诊后认为：考虑肺栓塞", "应主任"),
+        ("常主任查房：同意目前治疗", "常主任"),
+        ("由常主任主刀，手术顺利", "常主任"),
+        ("请向教授会诊", "向教授"),
+        ("经时院长审核", "时院长"),
+    ],
+)
+def test_a_function_word_surname_before_a_rank_title_is_a_name(text: str, name: str) -> None:
+    res = deidentify_text(text, key=KEY)
+    assert name not in res.text, res.text
+    assert "PERSON" in res.counts
+
+
+@pytest.mark.parametrize(
+    "phrase",
+    [
+        "向医生咨询病情",  # a generic title after a preposition
+        "应医生要求复查血常规",
+        "和护士沟通后调整输液速度",
+        "向主任汇报病情",  # a rank title, but what follows is what one does to the person
+        "应主任要求加做心脏彩超",
+        "查房时主任指示加强抗感染治疗",  # 时 ends 查房时; 查 and 房 are surnames too
+        "上级医师查房后向主任汇报",
+        "常规检查未见异常",
+        "高血压3级，很高危",
+        "治疗方案：继续抗感染治疗",
+        "白蛋白 35 g/L",
+    ],
+)
+def test_preposition_phrases_before_a_title_are_kept(phrase: str) -> None:
+    res = deidentify_text(phrase, key=KEY)
+    assert res.text == phrase, res.text
+    assert "PERSON" not in res.counts
+
+
 def test_a_name_introduced_with_a_cue_is_removed_where_it_recurs() -> None:
     out = clean(
         "患者张伟，男，45岁。张伟否认高血压病史。Patient: John Smith. John Smith denies pain."

@@ -17,16 +17,17 @@ SINGLE_SURNAMES = frozenset(
     # Less frequent surnames (seen in the register and in generated test names).
     "亓仝冀冼匡卿厉奚嵇扈揭昝晁晋朴束杭栗檀洪浦湛漆燕狄禹粟羊胥芮茅茹荆萧蔺衡裘诸谈谌赖赫辜逯邰邸"
     "郁郜鄢阎阙阚雍鞠鹿储况冶勾尉屠帅廉慕戎楚班傅尧"
+    "皮"
     # Surnames that are also everyday or drug-name characters (listed in AMBIGUOUS_SURNAMES).
     "丰乌乐云井亢伊伏但位信修元公初利劳区南印危原呼哈国奉官宣容宾宿富封居展巴干平幸强惠戈战支敬"
-    "斯普智权来植楼母海满玉盖盘相祖索练花衣计豆那都门闭闻阴阿隆鲜薄"
+    "斯普智权来植楼母海满玉盖盘相祖索练花衣计豆那都门闭闻阴阿隆鲜薄皮"
 )
 # Surnames that are also everyday words, or start drug names (阿司匹林, 伊曲康唑): trusted only
 # after an explicit "label：" (姓名：于洋), never after a bare cue or from the segmenter alone.
 AMBIGUOUS_SURNAMES = frozenset(
     "于和向时明成安全应常单查解车路连关方文白黄高康任师商易齐宁冷伍尚万能"
     "丰乌乐云井亢伊伏但位信修元公初利劳区南印危原呼哈国奉官宣容宾宿富封居展巴干平幸强惠戈战支敬"
-    "斯普智权来植楼母海满玉盖盘相祖索练花衣计豆那都门闭闻阴阿隆鲜薄"
+    "斯普智权来植楼母海满玉盖盘相祖索练花衣计豆那都门闭闻阴阿隆鲜薄皮"
 )
 COMPOUND_SURNAMES = frozenset(
     [
@@ -248,7 +249,10 @@ SEGMENTER_NOT_NAMES = _words(
     "温州 常州 汤剂 邵阳 岳阳 岳母 姜黄 姜汤 钱币 姚明",
     "严重 严格 严密 江湖 石膏 石灰 骨质 郝氏 邱氏 盛情",
     "景天 顾虑 梁柱 窦性 窦房 窦道 尹氏 苟且 阮氏 符合",
-    "季节 宫颈 宫腔 宫缩 宫内",
+    "季节 宫颈 宫腔 宫缩 宫内 平卧 丁香油",
+    "阿托 阿卡 阿莫 阿奇 阿昔 阿米 阿替 阿哌 阿普 阿仑 阿法",
+    # kin and helpers that come with a patient (由孙子陪同来诊), tagged as names by jieba
+    "孙子 孙女 孙儿 孙媳 司机 师傅 房东",
 )
 # Characters that are not part of a given name but often end a clinical word (柴胡汤, 窦性,
 # 病史, 冯氏).
@@ -315,4 +319,60 @@ SEGMENTER_NAME_AFTER = (
     "曾",
     "病情",
     "目前",
+)
+
+# --- names in a person slot without a person tag (text/segmenter.py, ``slot_person_spans``) --
+# Characters common in Chinese given names (general knowledge of naming, not drawn from any
+# generator). A word that jieba tags as something else (曾刚 an adverb, 包洋 a place, 金志|强
+# split) is taken as a name only when it is a surname followed by one or two of these, it
+# fills a person slot exactly (below), and it is not a common dictionary word (平安, 孙子).
+# Clinical characters (素, 炎, 天 and SEGMENTER_NOT_NAME_CHARS) are left out.
+GIVEN_NAME_CHARS = frozenset(
+    # more often in men's names
+    "伟刚勇毅俊峰强军平保东文辉力明永健世广志义兴良海山仁波宁贵福生龙元全国胜学祥才发武新"
+    "利清飞彬富顺信杰涛昌成康星光达安岩中茂进林有坚和彪博诚先敬震振壮会思群豪邦承乐绍功松"
+    "善厚庆磊民友裕河哲江超浩亮政谦奇固之翰朗伯宏言若鸣朋斌梁栋维启克伦翔旭鹏泽晨辰士以建"
+    "家致树德行泰盛雄琛钧冠策腾楠榕风航弘坤畅鑫宇轩涵梓睿凯锋铭杨帆宾"
+    # more often in women's names
+    "秀娟英华慧巧美娜静淑惠珠翠雅芝玉萍红娥玲芬芳燕彩春冬菊兰凤洁梅琳云莲真环雪荣爱妹霞香"
+    "莺媛艳瑞凡佳嘉琼勤珍贞莉桂娣叶璐娅琦晶妍茜秋珊莎锦黛青倩婷姣婉娴瑾颖露瑶怡婵雁蓓仪荷"
+    "丹蓉眉君琴蕊薇菁梦岚婕馨韵艺咏卿聪澜纯毓悦昭冰爽琬茗羽希欣滢馥筠柔竹凝晓欢霄枫芸菲寒"
+    "伊亚宜可舒影丽阳妮宝初程鸿桦剑娇宽灵琪晴容烁唯威雯萱彦雨洋忠宗曼紫逸贤蝶菡小金银玮珂莹"
+)
+# A person slot: the clause start or one of these words right before the name ...
+SLOT_NAME_BEFORE = _words(
+    "由 请 告知 通知 联系 委托 致电 转告 探视 其妻 其夫 其子 其女 之妻 之夫 之子 之女"
+)
+# ... and one of these right after it (a narrower list than SEGMENTER_NAME_AFTER: verbs whose
+# subject is a person, never 的, 是, 在, 因 ...). After a word of SLOT_NAME_BEFORE the clause
+# end closes the slot too (告知王芳。).
+SLOT_NAME_AFTER = _words(
+    "陪同 陪护 签字 签名 代诉 自诉 否认 表示 同意 拒绝 要求 来诊 就诊 来院 复诊"
+)
+
+# --- a function-word surname before a rank title (text/rules.py) ---------------------------
+# 向主任查房后, 由常主任主刀: a surname that is also a preposition or adverb (向, 应, 常, 时 ...)
+# is a name before a rank title when the title is followed by something the person does and
+# nothing but the clause start or one of ZH_RANK_TITLE_BEFORE stands before it. A generic title
+# (医生, 护士) after such a word stays a preposition phrase: 向医生咨询, 应医生要求.
+ZH_RANK_TITLES = ("主任", "教授", "院长", "护士长")
+ZH_RANK_TITLE_BEFORE = ("由", "请", "经", "邀请")
+ZH_RANK_TITLE_ACTS = (
+    "查房",
+    "会诊",
+    "主刀",
+    "指示",
+    "指出",
+    "认为",
+    "审阅",
+    "阅片",
+    "查看",
+    "看过",
+    "诊视",
+    "亲自",
+    "带领",
+    "主持",
+    "签字",
+    "审核",
+    "考虑",
 )

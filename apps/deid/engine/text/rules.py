@@ -24,6 +24,9 @@ from .lexicon import (
     ZH_NAME_CUES,
     ZH_NAME_STOP,
     ZH_NAME_TITLES,
+    ZH_RANK_TITLE_ACTS,
+    ZH_RANK_TITLE_BEFORE,
+    ZH_RANK_TITLES,
 )
 from .segmenter import segmenter_person_spans, tagged_name_at
 
@@ -540,6 +543,9 @@ _AMBIGUOUS_SURNAMES = AMBIGUOUS_SURNAMES
 # title (向医生咨询); other ambiguous ones are (黄主任, 高教授).
 _FUNCTION_SURNAMES = set("于和向时应常能由都那来相连关与及为以给对把被在查解单成安全")
 _NOT_IN_GIVEN = set("科院室部区床号楼级期型性度次天月年日")
+# Function words and ward routine that end a clause right before a title: 查房时主任指示 and
+# 查房时向主任汇报 hold no name (查 and 房 are surnames, 房时 and 时向 are not given names).
+_NOT_BEFORE_TITLE = set("时后前向由请经对给把被在房诊查")
 _CUE_ALT = "|".join(sorted(ZH_NAME_CUES, key=len, reverse=True))
 _TITLE_ALT = "|".join(sorted(ZH_NAME_TITLES, key=len, reverse=True))
 _RE_ZH_CUE = _rx(rf"(?:{_CUE_ALT})\s*([:：])?\s*({_SURNAME_RE})([{CJK}]{{1,2}})")
@@ -547,7 +553,7 @@ _RE_ZH_CUE = _rx(rf"(?:{_CUE_ALT})\s*([:：])?\s*({_SURNAME_RE})([{CJK}]{{1,2}})
 # surname is not in the list.
 _RE_ZH_LABEL = _rx(rf"(?:{_CUE_ALT})\s*[:：]\s*([{CJK}]{{2,4}})")
 _ZH_LABEL_NOT_NAMES = ("不详", "未知", "本人", "同意", "拒绝", "拒签", "家属", "患者", "见上", "无")
-_RE_ZH_TITLE = _rx(rf"({_SURNAME_RE})([{CJK}]{{0,2}}?)(?:{_TITLE_ALT})")
+_RE_ZH_TITLE = _rx(rf"({_SURNAME_RE})([{CJK}]{{0,2}}?)({_TITLE_ALT})")
 _RE_ZH_SEX_AGE = _rx(
     rf"({_SURNAME_RE}[{CJK}]{{1,2}})\s*[，,、]?\s*[男女]\s*[，,、]?\s*\d{{1,3}}\s*岁"
 )
@@ -605,6 +611,21 @@ def _given(text: str, start: int, raw: str) -> int:
     return start + len(raw)
 
 
+def _rank_title_name(text: str, m: re.Match[str]) -> bool:
+    """Whether a function-word surname + title (``_RE_ZH_TITLE`` with no given name) is a
+    person: a rank title at the clause start (or after 由, 请 ...) followed by what the person
+    does (向主任查房后, 由常主任主刀), not a preposition phrase (向主任汇报, 应主任要求,
+    查房时主任指示, 向医生咨询)."""
+    if m.group(3) not in ZH_RANK_TITLES or not text.startswith(ZH_RANK_TITLE_ACTS, m.end()):
+        return False
+    s = m.start(1)
+    return s == 0 or not _is_cjk(text[s - 1]) or text.endswith(ZH_RANK_TITLE_BEFORE, 0, s)
+
+
+def _is_cjk(ch: str) -> bool:
+    return "\u4e00" <= ch <= "\u9fff"
+
+
 def _rule_person_hits(text: str) -> Iterator[Hit]:
     p = PRIORITY["PERSON"]
     for m in _RE_ZH_CUE.finditer(text):
@@ -635,9 +656,9 @@ def _rule_person_hits(text: str) -> Iterator[Hit]:
             yield Hit("PERSON", s, s + n, value[:n], p)
     for m in _RE_ZH_TITLE.finditer(text):
         sur, given = m.group(1), m.group(2)
-        if any(c in _NOT_IN_GIVEN or c in ZH_NAME_STOP for c in given):
+        if any(c in _NOT_IN_GIVEN or c in ZH_NAME_STOP or c in _NOT_BEFORE_TITLE for c in given):
             continue
-        if sur in _FUNCTION_SURNAMES and not given:
+        if sur in _FUNCTION_SURNAMES and not given and not _rank_title_name(text, m):
             continue  # 向医生咨询, 和护士沟通, 应主任要求
         yield Hit("PERSON", m.start(1), m.end(2), m.group(1) + given, p)
     for m in _RE_ZH_SEX_AGE.finditer(text):

@@ -7,7 +7,14 @@ counts only when it also looks like a person name: a listed surname (one that is
 everyday word, like 黄 or 高, only next to a word that takes a person), a given name of one or
 two characters that are not clinical suffixes, not in the clinical stop list, not glued to a
 drug or herbal suffix, and standing where a name stands (clause edge, or next to a word that
-takes a person: 陪同, 签字, 由, 告知 ...). The word lists are in ``lexicon.py``.
+takes a person: 陪同, 签字, 由, 告知 ...). A word jieba did not tag needs a person word on
+both sides (one, when it was joined from a lone surname and its given name) and must not be an
+everyday dictionary word (由母亲陪同).
+
+Names jieba tags as something else (曾刚 an adverb, 包洋 a place) or splits (金志|强) are taken
+when they fill a person slot exactly: a surname and one or two common given-name characters
+between the clause start (or 由, 告知 ...) and a verb whose subject is a person (签字, 陪同,
+否认 ...). The word lists are in ``lexicon.py``.
 
 jieba ships its dictionary and HMM tables inside the package: nothing is downloaded. The
 dictionary is loaded once per process, lazily, on the first clause that needs it (1-2.5 s on
@@ -27,12 +34,15 @@ from typing import Any
 from .lexicon import (
     AMBIGUOUS_SURNAMES,
     COMPOUND_SURNAMES,
+    GIVEN_NAME_CHARS,
     SEGMENTER_NAME_AFTER,
     SEGMENTER_NAME_BEFORE,
     SEGMENTER_NOT_NAME_CHARS,
     SEGMENTER_NOT_NAMES,
     SEGMENTER_SUFFIX_CHARS,
     SINGLE_SURNAMES,
+    SLOT_NAME_AFTER,
+    SLOT_NAME_BEFORE,
     ZH_NAME_CUES,
     ZH_NAME_TITLES,
 )
@@ -86,10 +96,19 @@ def _looks_like_name(word: str, ambiguous_ok: bool) -> bool:
     sur = _surname_len(word, ambiguous_ok)
     if not sur or not 1 <= len(word) - sur <= 2:
         return False
-    if word in SEGMENTER_NOT_NAMES:
-        return False
+    if word in SEGMENTER_NOT_NAMES or word[:2] in SEGMENTER_NOT_NAMES:
+        return False  # 柴胡, and 阿昔洛|韦 (阿昔洛韦), 丁香油
     given = word[sur:]
     return not any(c in SEGMENTER_NOT_NAME_CHARS for c in given)
+
+
+# A dictionary word this frequent is an everyday word, not a name (平安, 孙子, 母亲, 国家); jieba
+# counts names like 方平 (24) or 莫丹 (2) far lower.
+_EVERYDAY_WORD_COUNT = 50
+
+
+def _everyday_word(word: str) -> bool:
+    return bool(_posseg().tokenizer.FREQ.get(word, 0) >= _EVERYDAY_WORD_COUNT)
 
 
 # One-character words that jieba sometimes glues in front of a name (由江娜/nr).
@@ -199,22 +218,51 @@ def _clause_names(clause: str) -> tuple[tuple[int, int], ...]:
                 at_edge or before or after
             )
         else:
-            ok = _looks_like_name(word, ambiguous_ok=before and after) and (
-                (before and after) or (joined and (before or after))
+            ok = (
+                _looks_like_name(word, ambiguous_ok=before and after)
+                and ((before and after) or (joined and (before or after)))
+                and not _everyday_word(word)  # 由母亲陪同, 由司机陪同
             )
         if ok:
             out.append((start, pos))
     return tuple(out)
 
 
+# A name that fills a person slot exactly: surname + 1-2 given-name characters between the
+# clause start (or 由, 告知 ...) and 签字, 陪同, 否认 ... (or the clause end after 由, 告知 ...).
+_GIVEN_CLASS = "[" + "".join(sorted(GIVEN_NAME_CHARS - SEGMENTER_NOT_NAME_CHARS)) + "]"
+_SURNAME_ALT = "|".join(sorted(COMPOUND_SURNAMES)) + "|" + _SURNAME_CLASS
+_SLOT_AFTER_ALT = "|".join(sorted(SLOT_NAME_AFTER, key=len, reverse=True))
+_SLOT_BEFORE_LOOK = "|".join(f"(?<={w})" for w in sorted(SLOT_NAME_BEFORE))
+assert SLOT_NAME_BEFORE <= SEGMENTER_NAME_BEFORE  # or _CANDIDATE would skip the clause
+_SLOT = re.compile(
+    rf"^(?:{_SURNAME_ALT}){_GIVEN_CLASS}{{1,2}}(?={_SLOT_AFTER_ALT})"
+    rf"|(?:{_SLOT_BEFORE_LOOK})(?:{_SURNAME_ALT}){_GIVEN_CLASS}{{1,2}}(?={_SLOT_AFTER_ALT}|$)"
+)
+
+
+def _slot_names(run: str) -> list[tuple[int, int]]:
+    """Names that jieba tags as something else (曾刚/d, 包洋/ns, 金志|强) in a person slot.
+
+    Each character of the given name must be a common given-name character, and the word
+    must be name-shaped (``_looks_like_name``) and not an everyday dictionary word."""
+    out = []
+    for m in _SLOT.finditer(run):
+        word = m.group(0)
+        if _looks_like_name(word, ambiguous_ok=True) and not _everyday_word(word):
+            out.append(m.span())
+    return out
+
+
 def segmenter_person_spans(text: str) -> Iterator[tuple[int, int]]:
     """(start, end) of words in ``text`` that jieba tags as person names and that pass the
-    guards above. Only CJK runs holding a usable surname are segmented."""
+    guards above, and of names in a person slot (``_slot_names``). Only CJK runs holding a
+    usable surname are segmented."""
     for m in CJK_RUN.finditer(text):
         run = m.group(0)
         if not _CANDIDATE.search(run):
             continue
-        for s, e in _clause_names(run):
+        for s, e in (*_clause_names(run), *_slot_names(run)):
             yield m.start() + s, m.start() + e
 
 
