@@ -21,7 +21,8 @@ skipped folder is logged with its reason.
 Manifest (``format: "trainer-checkpoint"``, ``format_version: 1``): ``step``, ``tokens_seen``,
 ``data`` (sampler state: the exact next sample), ``engine``, ``world_size``, ``config`` (the
 whole TrainConfig), ``code_version`` (package version and git commit when known),
-``created`` (unix time), ``metrics`` (last loss etc.) and ``files`` (relative path ->
+``created`` (unix time), ``metrics`` (last loss etc.), ``tokenizer`` (fingerprint and size:
+a resume with another tokenizer is refused) and ``files`` (relative path ->
 ``{"sha256", "bytes"}`` for every other file in the folder).
 """
 

@@ -70,6 +70,7 @@ class Data:
     eval_loader: BatchLoader | None
     cache: ShardCache | None = None
     readers: list[ShardReader] = field(default_factory=list)
+    tokenizer: Tokenizer | None = None
 
     def close(self) -> None:
         """Stop threads and close files."""
@@ -110,7 +111,7 @@ def build_data(cfg: TrainConfig, rank: int, world: int) -> Data:
             range(d.eval_samples), d.micro_batch_size, rank, world, shuffle=False
         )
         eval_loader = BatchLoader(eval_reader, held, collate, depth=2)
-    return Data(loader, eval_loader, cache, readers)
+    return Data(loader, eval_loader, cache, readers, tokenizer)
 
 
 class Trainer:
@@ -178,12 +179,25 @@ class Trainer:
                 log.info("no checkpoint to resume in %s: starting fresh", self.checkpoints.dir)
             return
         manifest = self.checkpoints.load(path)
+        self._check_tokenizer(path, manifest)
         self.step = self.start_step = int(manifest["step"])
         self.tokens_seen = int(manifest["tokens_seen"])
         self.data.loader.sampler.load_state_dict(manifest["data"])
         self.data.loader.reset()
         log.info("resumed from %s at step %d", path, self.step)
         self.logger.event("resumed", {"path": str(path), "step": self.step})
+
+    def _check_tokenizer(self, path: Path, manifest: dict[str, Any]) -> None:
+        """Ids mean nothing under another tokenizer: refuse to resume with a different one
+        (checkpoints written before the tokenizer was recorded are taken as they are)."""
+        recorded, tok = manifest.get("tokenizer"), self.data.tokenizer
+        if recorded is None or tok is None or recorded.get("sha256") == tok.fingerprint():
+            return
+        raise ValueError(
+            f"{path} was trained with tokenizer {recorded.get('sha256', '?')[:12]} "
+            f"({recorded.get('vocab_size')} ids); this run reads with {tok.fingerprint()[:12]} "
+            f"({tok.vocab_size} ids): resume with the same data.tokenizer"
+        )
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step over ``grad_accum_steps`` micro-batches on every rank.
@@ -269,6 +283,11 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "metrics": {"loss": self.losses[-1] if self.losses else None},
         }
+        if self.data.tokenizer is not None:
+            meta["tokenizer"] = {
+                "sha256": self.data.tokenizer.fingerprint(),
+                "vocab_size": self.data.tokenizer.vocab_size,
+            }
         path = self.checkpoints.save(self.step, meta)
         seconds = time.perf_counter() - t0
         self.last["training_checkpoint_seconds"] = seconds

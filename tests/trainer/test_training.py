@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from trainer.checkpoint import CheckpointManager, verify
+from trainer.data.tokenizer import Tokenizer
 from trainer.train import build_run, lr_at
 
 
@@ -115,6 +116,22 @@ def test_manifest_describes_the_checkpoint(train_losses, dataset, tmp_path, tiny
     assert manifest["config"]["model"]["d_model"] == 128
     assert manifest["code_version"]["trainer"]
     assert set(manifest["files"]) == {"model.pt", "optimizer.pt", "rng-0.pt"}
+    own = Tokenizer.load(dataset / "tokenizer.json")
+    assert manifest["tokenizer"] == {"sha256": own.fingerprint(), "vocab_size": own.vocab_size}
+
+
+def test_resuming_with_another_tokenizer_is_refused(train_losses, dataset, tmp_path, tiny) -> None:
+    train_losses(tiny(dataset, tmp_path, "optim.max_steps=2", "checkpoint.interval=2"))
+    other = tmp_path / "other.json"
+    Tokenizer([]).save(other)  # byte-level: the same text, other ids
+    cfg = tiny(dataset, tmp_path, "optim.max_steps=4", "checkpoint.resume=latest")
+    cfg.data.tokenizer = str(other)
+    run = build_run(cfg)
+    try:
+        with pytest.raises(ValueError, match=r"resume with the same data\.tokenizer"):
+            run.trainer.train()
+    finally:
+        run.close()
 
 
 KILLER = textwrap.dedent(

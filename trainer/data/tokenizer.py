@@ -12,6 +12,7 @@ Pure Python and torch-free, so the packing step can import it too.
 from __future__ import annotations
 
 import collections
+import hashlib
 import itertools
 import json
 import re
@@ -91,6 +92,11 @@ class Tokenizer:
         """Text of ``ids``; special tokens are dropped, invalid UTF-8 is replaced."""
         data = b"".join(self.bytes_of[i] for i in ids if i >= BYTE_OFFSET)
         return data.decode("utf-8", errors="replace")
+
+    def fingerprint(self) -> str:
+        """sha256 of what fixes the ids (format, specials, merges): checkpoints record it."""
+        payload = {"format": FORMAT, "specials": list(SPECIALS), "merges": self.merges}
+        return hashlib.sha256(json.dumps(payload, separators=(",", ":")).encode()).hexdigest()
 
     def save(self, path: str | Path) -> None:
         """Write the tokenizer as JSON (format, specials, merges)."""
