@@ -178,13 +178,25 @@ def cmd_ds_config(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenizer(args: argparse.Namespace) -> int:
-    """Train the byte-level BPE tokenizer on UTF-8 text files."""
-    from trainer.data.tokenizer import Tokenizer
+    """Train the byte-level BPE tokenizer on UTF-8 text files or a dataset version's text."""
+    from tqdm import tqdm
 
-    texts = [Path(p).read_text(encoding="utf-8") for p in args.input]
-    tok = Tokenizer.train(texts, args.vocab_size)
+    from trainer.data.tokenizer import Tokenizer, dataset_texts
+
+    if not args.input and not args.data:
+        print("give --input FILE ... or --data DATASET_DIR ...", file=sys.stderr)
+        return 2
+    texts = [Path(p).read_text(encoding="utf-8") for p in args.input or ()]
+    texts += dataset_texts(args.data or (), int(args.max_mb * (1 << 20)))
+    with tqdm(desc="merges", unit="merge", file=sys.stderr, disable=args.quiet) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        tok = Tokenizer.train(texts, args.vocab_size, progress)
     tok.save(args.out)
-    print(f"wrote {args.out}: {tok.vocab_size} ids")
+    print(f"wrote {args.out}: {tok.vocab_size} ids, sha256 {tok.fingerprint()[:12]}")
     return 0
 
 
@@ -245,7 +257,11 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_ds_config)
 
     k = sub.add_parser("tokenizer", help="train the byte-level BPE tokenizer")
-    k.add_argument("--input", nargs="+", required=True)
+    k.add_argument("--input", nargs="+", help="UTF-8 text files")
+    k.add_argument("--data", nargs="+", help="dataset version folders: their text members")
+    k.add_argument("--max-mb", type=float, default=256.0, dest="max_mb",
+                   help="read at most this much text from --data (in sample order)")  # fmt: skip
+    k.add_argument("--quiet", action="store_true", help="no progress bar")
     k.add_argument("--vocab-size", type=int, default=8000)
     k.add_argument("--out", required=True)
     k.set_defaults(func=cmd_tokenizer)

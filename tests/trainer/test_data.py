@@ -10,6 +10,8 @@ import time
 import numpy as np
 import pytest
 import webdataset as wds
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trainer.config import load_config
 from trainer.data.batching import IGNORE_INDEX, Collator, normalise_image
@@ -23,6 +25,8 @@ from trainer.data.tokenizer import (
     IMAGE_PATCH_ID,
     WAVE_PATCH_ID,
     Tokenizer,
+    dataset_texts,
+    reference_merges,
 )
 
 
@@ -323,6 +327,32 @@ def test_tokenizer_round_trips_english_and_chinese(tmp_path) -> None:
 def test_tokenizer_training_is_deterministic() -> None:
     texts = ["aa bb aa bb cc", "bb cc dd"] * 3
     assert Tokenizer.train(texts, 280).merges == Tokenizer.train(texts, 280).merges
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    texts=st.lists(st.text(alphabet="aab 胸部1\n", max_size=40), min_size=1, max_size=25),
+    extra=st.integers(min_value=0, max_value=60),
+)
+def test_incremental_bpe_training_learns_the_reference_merges(texts, extra) -> None:
+    """Overlaps (aaaa, 胸胸) and ties included: the fast trainer learns the same merges."""
+    assert Tokenizer.train(texts, 265 + extra).merges == reference_merges(texts, 265 + extra)
+
+
+def test_the_tokenizer_command_trains_on_a_dataset_versions_text(tmp_path, capsys) -> None:
+    from trainer.__main__ import main
+    from trainer.data.synthetic import write_synthetic
+
+    data = write_synthetic(tmp_path / "v1", samples=24, per_shard=8)
+    out = tmp_path / "tok.json"
+    assert main(["tokenizer", "--data", str(data), "--vocab-size", "400", "--out", str(out)]) == 0
+    tok = Tokenizer.load(out)
+    assert tok.vocab_size == 400 and tok.fingerprint()[:12] in capsys.readouterr().out
+    text = ShardReader(data)[0].text
+    assert text and len(tok.encode(text)) < len(text.encode())  # merges learned from it
+    capped = list(dataset_texts([data], max_bytes=1))
+    assert capped == [text]  # the cap stops after the sample that crosses it
+    assert main(["tokenizer", "--vocab-size", "400", "--out", str(out)]) == 2
 
 
 def test_a_dataset_without_a_tokenizer_is_read_with_byte_ids(tmp_path) -> None:

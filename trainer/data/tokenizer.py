@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import heapq
 import itertools
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 FORMAT = "trainer-bpe-1"
@@ -123,8 +124,20 @@ class Tokenizer:
         return cls.load(own) if own.is_file() else cls([])
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int) -> Tokenizer:
-        """Learn ``vocab_size - 265`` merges from ``texts`` (deterministic: ties break by id)."""
+    def train(
+        cls,
+        texts: Iterable[str],
+        vocab_size: int,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Tokenizer:
+        """Learn ``vocab_size - 265`` merges from ``texts`` (deterministic: the most frequent
+        pair first, ties to the smaller ids).
+
+        Incremental: pair counts are kept up to date and each merge rewrites only the words
+        that hold the pair, with a lazy max-heap of counts (an entry whose count went stale is
+        re-queued when it surfaces), instead of recounting every word for every merge.
+        ``progress(merges learned, merges wanted)`` every 100 merges and at the end.
+        """
         if vocab_size < BYTE_OFFSET + 256:
             raise ValueError(f"vocab_size {vocab_size} is below the {BYTE_OFFSET + 256} base ids")
         counts: collections.Counter[str] = collections.Counter()
@@ -132,22 +145,106 @@ class Tokenizer:
             counts.update(_PRETOKEN.findall(text))
         words = [[b + BYTE_OFFSET for b in w.encode()] for w in counts]
         freqs = list(counts.values())
+        pair_count: collections.Counter[tuple[int, int]] = collections.Counter()
+        holders: dict[tuple[int, int], set[int]] = collections.defaultdict(set)
+        for w, ids in enumerate(words):
+            for pair in itertools.pairwise(ids):
+                pair_count[pair] += freqs[w]
+                holders[pair].add(w)
+        heap = [(-c, a, b) for (a, b), c in pair_count.items()]
+        heapq.heapify(heap)
         merges: list[tuple[int, int]] = []
         next_id = BYTE_OFFSET + 256
-        while next_id < vocab_size:
-            pairs: collections.Counter[tuple[int, int]] = collections.Counter()
-            for ids, freq in zip(words, freqs, strict=True):
-                for pair in itertools.pairwise(ids):
-                    pairs[pair] += freq
-            if not pairs:
-                break
-            best = max(pairs.items(), key=lambda kv: (kv[1], -kv[0][0], -kv[0][1]))[0]
+        while next_id < vocab_size and heap:
+            neg, a, b = heapq.heappop(heap)
+            best = (a, b)
+            count = pair_count.get(best, 0)
+            if count <= 0:
+                continue
+            if -neg != count:  # stale: its count fell since this entry was pushed
+                heapq.heappush(heap, (-count, a, b))
+                continue
             merges.append(best)
-            for ids in words:
-                i = 0
-                while i < len(ids) - 1:
-                    if ids[i] == best[0] and ids[i + 1] == best[1]:
-                        ids[i : i + 2] = [next_id]
-                    i += 1
+            changed: set[tuple[int, int]] = set()
+            for w in holders.pop(best, ()):
+                ids, freq = words[w], freqs[w]
+                merged: list[int] = []
+                i, n = 0, len(ids)
+                while i < n:
+                    if i < n - 1 and ids[i] == a and ids[i + 1] == b:
+                        # Only the neighbours' pairs change: (left, a) -> (left, new) and
+                        # (b, right) -> (new, right), left as already rewritten.
+                        if merged:
+                            left = merged[-1]
+                            pair_count[(left, a)] -= freq
+                            pair_count[(left, next_id)] += freq
+                            holders[(left, next_id)].add(w)
+                            changed.add((left, next_id))
+                        if i + 2 < n:
+                            right = ids[i + 2]
+                            pair_count[(b, right)] -= freq
+                            pair_count[(next_id, right)] += freq
+                            holders[(next_id, right)].add(w)
+                            changed.add((next_id, right))
+                        merged.append(next_id)
+                        i += 2
+                    else:
+                        merged.append(ids[i])
+                        i += 1
+                words[w] = merged
+            del pair_count[best]
+            for pair in changed:
+                if pair_count[pair] > 0:
+                    heapq.heappush(heap, (-pair_count[pair], *pair))
             next_id += 1
+            if progress is not None and len(merges) % 100 == 0:
+                progress(len(merges), vocab_size - BYTE_OFFSET - 256)
+        if progress is not None:
+            progress(len(merges), vocab_size - BYTE_OFFSET - 256)
         return cls(merges)
+
+
+def reference_merges(texts: Iterable[str], vocab_size: int) -> list[tuple[int, int]]:
+    """BPE as first written, every pair of every word recounted for each merge: quadratic,
+    kept as the specification ``Tokenizer.train`` must match (tests, bench)."""
+    counts = collections.Counter(w for t in texts for w in _PRETOKEN.findall(t))
+    words = [[b + BYTE_OFFSET for b in w.encode()] for w in counts]
+    freqs = list(counts.values())
+    merges: list[tuple[int, int]] = []
+    for new in range(BYTE_OFFSET + 256, vocab_size):
+        pairs: collections.Counter[tuple[int, int]] = collections.Counter()
+        for ids, freq in zip(words, freqs, strict=True):
+            for pair in itertools.pairwise(ids):
+                pairs[pair] += freq
+        if not pairs:
+            break
+        best = max(pairs.items(), key=lambda kv: (kv[1], -kv[0][0], -kv[0][1]))[0]
+        merges.append(best)
+        for ids in words:
+            i = 0
+            while i < len(ids) - 1:
+                if (ids[i], ids[i + 1]) == best:
+                    ids[i : i + 2] = [new]
+                i += 1
+    return merges
+
+
+def dataset_texts(roots: Iterable[str | Path], max_bytes: int) -> Iterator[str]:
+    """The text members of dataset version folders, in sample order, until ``max_bytes`` of
+    UTF-8 are read: what ``python -m trainer tokenizer --data`` trains on."""
+    from trainer.data.shards import ShardReader
+
+    budget = max_bytes
+    for root in roots:
+        reader = ShardReader(root)
+        try:
+            for i in range(len(reader)):
+                data = reader.read_member(i, "txt")
+                if data is None:
+                    continue
+                if budget <= 0:
+                    return
+                budget -= len(data)
+                yield data.decode("utf-8")
+        finally:
+            reader.close()
