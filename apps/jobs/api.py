@@ -82,6 +82,7 @@ class RunSerializer(serializers.ModelSerializer):
             "seq_len",
             "max_steps",
             "loader_workers",
+            "tokenizer",
             "time_limit_minutes",
             "partition",
             "account",
@@ -132,6 +133,9 @@ class RunSpecSerializer(serializers.Serializer):
     seq_len = serializers.IntegerField(min_value=8, default=2048)
     max_steps = serializers.IntegerField(min_value=1, required=False, allow_null=True)
     loader_workers = serializers.IntegerField(min_value=1, default=1)
+    tokenizer = serializers.CharField(
+        max_length=500, required=False, allow_blank=True, default="", trim_whitespace=False
+    )
     time_limit_minutes = serializers.IntegerField(min_value=5, max_value=60 * 24 * 30, default=1440)
     partition = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
     account = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")

@@ -56,6 +56,16 @@ class RunForm(forms.Form):
         label=_("Max steps"), min_value=1, required=False, help_text=_("Empty: the preset's.")
     )
     loader_workers = forms.IntegerField(label=_("Loader workers per rank"), min_value=1, initial=1)
+    tokenizer = forms.CharField(
+        label=_("Tokenizer"),
+        max_length=500,
+        required=False,
+        strip=False,
+        help_text=_(
+            "Absolute path of a tokenizer JSON the nodes can read (python -m trainer tokenizer "
+            "--data …). Empty: the dataset's own tokenizer.json, else byte-level ids."
+        ),
+    )
     time_limit_minutes = forms.IntegerField(
         label=_("Time limit (minutes)"), min_value=5, max_value=60 * 24 * 30, initial=24 * 60
     )

@@ -149,6 +149,12 @@ class TrainingRun(models.Model):
     loader_workers = models.PositiveIntegerField(
         _("loader workers per rank"), default=1, validators=[MinValueValidator(1)]
     )
+    tokenizer = models.CharField(
+        _("tokenizer"),
+        max_length=500,
+        blank=True,
+        help_text=_("Empty: the dataset's own tokenizer.json, else byte-level ids."),
+    )
     time_limit_minutes = models.PositiveIntegerField(
         _("time limit (minutes)"),
         default=24 * 60,

@@ -123,6 +123,8 @@ def render(
     workdir = run_dir(spec.name, run_id)
     if not is_safe_path(workdir):
         raise RenderError(f"run folder: {workdir!r} is not an absolute path of plain characters")
+    if spec.tokenizer:
+        _path(spec.tokenizer, "tokenizer")
     save_dir = f"{workdir}/checkpoints"
     output = f"{workdir}/logs/%x-%j.out"
     on_cluster = scheduler in CLUSTER_SCHEDULERS

@@ -26,7 +26,7 @@ import os
 import re
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -167,34 +167,13 @@ def _attempt_res(attempt: Attempt) -> str:
     return f"jobs.attempt:{attempt.pk}"
 
 
+_VERSION = "dataset_version_id"  # a RunSpec field; the run holds the row itself
+
+
 def run_spec_of(run: TrainingRun) -> RunSpec:
-    """The spec a stored run was launched with (for re-rendering later attempts)."""
-    return RunSpec(
-        name=run.name,
-        preset=run.preset,
-        dataset_version_id=run.dataset_version_id,
-        nodes=run.nodes,
-        gpus_per_node=run.gpus_per_node,
-        tensor_parallel=run.tensor_parallel,
-        pipeline_parallel=run.pipeline_parallel,
-        data_parallel=run.data_parallel,
-        zero_stage=run.zero_stage,
-        offload_optimizer=run.offload_optimizer,
-        engine=run.engine,
-        micro_batch_size=run.micro_batch_size,
-        global_batch_size=run.global_batch_size,
-        seq_len=run.seq_len,
-        max_steps=run.max_steps,
-        loader_workers=run.loader_workers,
-        time_limit_minutes=run.time_limit_minutes,
-        partition=run.partition,
-        account=run.account,
-        qos=run.qos,
-        launcher=run.launcher,
-        resume_policy=run.resume_policy,
-        max_auto_requeues=run.max_auto_requeues,
-        scheduler=run.scheduler,
-    )
+    """The spec a stored run was launched with (for re-rendering later attempts): every
+    RunSpec field is a column of the run."""
+    return RunSpec(**{f.name: getattr(run, f.name) for f in fields(RunSpec)})
 
 
 def ready_dataset_versions() -> Any:
@@ -267,30 +246,8 @@ def launch_run(spec: RunSpec, *, acting_user: User | None) -> TrainingRun:
     assert version is not None  # check_run refused a missing version
     with transaction.atomic():
         run = TrainingRun.objects.create(
-            name=spec.name,
-            preset=spec.preset,
+            **{f.name: getattr(spec, f.name) for f in fields(RunSpec) if f.name != _VERSION},
             dataset_version=version,
-            engine=spec.engine,
-            nodes=spec.nodes,
-            gpus_per_node=spec.gpus_per_node,
-            tensor_parallel=spec.tensor_parallel,
-            pipeline_parallel=spec.pipeline_parallel,
-            data_parallel=spec.data_parallel,
-            zero_stage=spec.zero_stage,
-            offload_optimizer=spec.offload_optimizer,
-            micro_batch_size=spec.micro_batch_size,
-            global_batch_size=spec.global_batch_size,
-            seq_len=spec.seq_len,
-            max_steps=spec.max_steps,
-            loader_workers=spec.loader_workers,
-            time_limit_minutes=spec.time_limit_minutes,
-            partition=spec.partition,
-            account=spec.account,
-            qos=spec.qos,
-            launcher=spec.launcher,
-            resume_policy=spec.resume_policy,
-            max_auto_requeues=spec.max_auto_requeues,
-            scheduler=spec.scheduler,
             state=RunState.SUBMITTING,
             plan=plan.as_dict(),
             created_by=acting_user,

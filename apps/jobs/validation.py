@@ -19,6 +19,7 @@ optimizer states; activations are not included), from the formulas of
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field, replace
 
@@ -82,6 +83,7 @@ class RunSpec:
     resume_policy: str = "latest"
     max_auto_requeues: int = 3
     scheduler: str = ""
+    tokenizer: str = ""  # a trained tokenizer JSON the nodes can read; "" = the dataset's own
 
     @property
     def world_size(self) -> int:
@@ -159,7 +161,40 @@ def trainer_overrides(spec: RunSpec, grad_accum: int) -> list[str]:
     ]
     if spec.engine == "deepspeed":
         out.append(f"parallel.offload_optimizer={'true' if spec.offload_optimizer else 'false'}")
+    if spec.tokenizer:
+        out.append(f"data.tokenizer={spec.tokenizer}")  # a checked absolute path (plan_run)
     return out
+
+
+def _check_tokenizer(plan: RunPlan, path: str, vocab_size: int) -> None:
+    """The tokenizer file, where the control plane can see it: readable, and no more ids than
+    the preset embeds. Where it cannot, a warning (the nodes may still see it)."""
+    from trainer.data.tokenizer import Tokenizer
+
+    if not os.path.isfile(path):
+        plan.warnings.append(
+            _(
+                "The tokenizer %(path)s is not visible from the control plane; the job stops "
+                "at its start if the nodes cannot read it either."
+            )
+            % {"path": path}
+        )
+        return
+    try:
+        tokenizer = Tokenizer.load(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        plan.error(
+            "tokenizer",
+            _("%(path)s is not a trainer tokenizer: %(why)s")
+            % {"path": path, "why": type(exc).__name__},
+        )
+        return
+    if tokenizer.vocab_size > vocab_size:
+        plan.error(
+            "tokenizer",
+            _("the tokenizer has %(ids)d ids but the preset embeds only %(vocab)d")
+            % {"ids": tokenizer.vocab_size, "vocab": vocab_size},
+        )
 
 
 def plan_run(
@@ -183,6 +218,11 @@ def plan_run(
         value = getattr(spec, key)
         if value and (not isinstance(value, str) or not SLURM_IDENT_RE.fullmatch(value)):
             plan.error(key, _("%(value)r is not a plain identifier") % {"value": value})
+    if spec.tokenizer and not is_safe_path(spec.tokenizer):
+        plan.error(
+            "tokenizer",
+            _("%(value)r is not an absolute path of plain characters") % {"value": spec.tokenizer},
+        )
     if not dataset_ready:
         plan.error("dataset_version", _("only ready (built and verified) dataset versions"))
     if dataset_root and not is_safe_path(dataset_root):
@@ -270,6 +310,8 @@ def plan_run(
         return plan
     # A refused name must not reach the YAML override parser; the error is already recorded.
     named = spec if "name" not in plan.errors else replace(spec, name="run")
+    if "tokenizer" in plan.errors:
+        named = replace(named, tokenizer="")
     overrides = trainer_overrides(named, max(plan.grad_accum_steps, 1))
     engine = spec.engine if spec.engine in ENGINES else "single"
     try:
@@ -278,6 +320,8 @@ def plan_run(
         plan.error("preset", str(exc).split(": ", 1)[-1])
         return plan
     m = cfg.model
+    if named.tokenizer:
+        _check_tokenizer(plan, named.tokenizer, m.vocab_size)
     plan.n_heads, plan.n_layers = m.n_heads, m.n_layers
     if m.n_heads % tp:
         plan.error(

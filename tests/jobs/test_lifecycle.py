@@ -330,6 +330,22 @@ def test_resume_starts_a_new_attempt_from_the_newest_verified_checkpoint(
     assert "jobs.run_resumed" in actions()
 
 
+def test_every_attempt_reads_with_the_tokenizer_the_run_was_launched_with(
+    fake, run_tasks, make_spec, operator
+):
+    tokenizer = "/lustre/tokenizers/zh-en-32k.json"  # on the cluster only: a warning, no error
+    run = services.launch_run(make_spec(tokenizer=tokenizer), acting_user=operator)
+    run_tasks()
+    fake.set("100", "FAILED", exit_code=1)
+    services.reconcile()
+    second = services.resume_run(run, acting_user=operator)
+    run.refresh_from_db()
+    assert run.tokenizer == tokenizer and services.run_spec_of(run).tokenizer == tokenizer
+    assert "not visible from the control plane" in run.plan["warnings"][0]
+    for attempt in (attempt_of(run), second):
+        assert f"--set data.tokenizer={tokenizer}" in attempt.script
+
+
 def test_resume_is_refused_while_the_run_is_active(fake, launched, operator):
     with pytest.raises(services.JobsError):
         services.resume_run(launched, acting_user=operator)

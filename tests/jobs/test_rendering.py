@@ -89,6 +89,9 @@ def test_the_launch_line_runs_the_trainer_with_resume_latest(paths):
     assert "--set data.grad_accum_steps=16" in script
     assert "--set parallel.offload_optimizer=true" in script
     assert "--metrics-port 8085" in script
+    assert "data.tokenizer" not in script  # none named: the trainer takes the dataset's own
+    named = rendered(cluster_spec(tokenizer="/lustre/tokenizers/zh-en-32k.json")).script
+    assert "--set data.tokenizer=/lustre/tokenizers/zh-en-32k.json" in named
 
 
 def test_torchrun_launches_one_agent_per_node_with_a_rendezvous_on_the_first(paths):
@@ -128,6 +131,7 @@ def test_hostile_names_and_identifiers_are_refused_by_the_planner(bad):
         plan = plan_run(cluster_spec(**{field: bad}), shard_count=4096)
         assert field in plan.errors, (field, bad)
     assert "preset" in plan_run(cluster_spec(preset=bad)).errors
+    assert "tokenizer" in plan_run(cluster_spec(tokenizer=bad), shard_count=4096).errors
     if bad != "-rf":  # "/d/-rf" is a plain absolute path: legal and inert
         assert "dataset_version" in plan_run(cluster_spec(), dataset_root="/d/" + bad).errors
 
@@ -140,6 +144,8 @@ def test_the_renderer_refuses_hostile_values_even_past_the_planner(paths, bad):
     if bad != "-rf":
         with pytest.raises(RenderError):
             rendered(cluster_spec(), root="/d/" + bad)
+    with pytest.raises(RenderError):
+        rendered(cluster_spec(tokenizer=bad))
 
 
 def test_a_hostile_preset_that_reaches_the_renderer_is_quoted_and_inert(paths, settings, tmp_path):

@@ -141,3 +141,18 @@ def test_planning_and_checkpoint_reading_do_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_named_tokenizer_is_checked_where_the_control_plane_sees_it(tmp_path):
+    from trainer.data.tokenizer import Tokenizer
+
+    small, big, junk = tmp_path / "small.json", tmp_path / "big.json", tmp_path / "junk.json"
+    Tokenizer.train(["胸部CT 未见异常 the lesion"] * 3, 300).save(small)
+    Tokenizer([(9 + 97, 9 + 98)] * 300).save(big)  # 565 ids: more than tiny's 512
+    junk.write_text("{}")
+    assert plan_run(spec(tokenizer=str(small)), shard_count=64).errors == {}
+    assert "512" in plan_run(spec(tokenizer=str(big)), shard_count=64).errors["tokenizer"][0]
+    assert "not a trainer tokenizer" in plan_run(spec(tokenizer=str(junk))).errors["tokenizer"][0]
+    unseen = plan_run(spec(tokenizer="/cluster/only/tok.json"), shard_count=64)
+    assert unseen.errors == {} and "not visible from the control plane" in unseen.warnings[0]
+    assert "tokenizer" in plan_run(spec(tokenizer="tok.json")).errors  # relative: refused
