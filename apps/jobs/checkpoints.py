@@ -109,8 +109,9 @@ def newest_verified(save_dir: str) -> CheckpointInfo | None:
     return None
 
 
-def latest_metrics(save_dir: str, *, tail_bytes: int = 65536) -> dict[str, Any] | None:
-    """The last metrics record of the trainer's JSONL log (``save_dir/metrics.jsonl``)."""
+def _tail_records(save_dir: str, tail_bytes: int) -> list[dict[str, Any]]:
+    """The records in the last ``tail_bytes`` of the trainer's JSONL log
+    (``save_dir/metrics.jsonl``); a line cut by the window or being written is skipped."""
     path = Path(save_dir) / "metrics.jsonl"
     try:
         with open(path, "rb") as fh:
@@ -119,15 +120,47 @@ def latest_metrics(save_dir: str, *, tail_bytes: int = 65536) -> dict[str, Any] 
             fh.seek(max(size - tail_bytes, 0))
             lines = fh.read().decode("utf-8", errors="replace").splitlines()
     except OSError:
-        return None
-    for line in reversed(lines):
+        return []
+    records = []
+    for line in lines:
         try:
             record = json.loads(line)
         except ValueError:
             continue
-        if isinstance(record, dict) and record.get("event") != "config":
-            return record
-    return None
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def latest_metrics(save_dir: str, *, tail_bytes: int = 65536) -> dict[str, Any] | None:
+    """The last training-step record of the trainer's log (events such as the config,
+    checkpoints and resumes are not metrics)."""
+    steps = [r for r in _tail_records(save_dir, tail_bytes) if "event" not in r]
+    return steps[-1] if steps else None
+
+
+SERIES = (
+    "training_loss",
+    "training_gradient_norm",
+    "training_learning_rate",
+    "training_tokens_per_second",
+)
+
+
+def metric_series(
+    save_dir: str, *, tail_bytes: int = 8 << 20, points: int = 1000
+) -> dict[str, list[float | None]]:
+    """Per-step series for the run page's charts: ``step`` and each of ``SERIES``, from the
+    last ``tail_bytes`` of the log (about 20,000 steps), thinned to at most ``points`` by
+    taking every k-th step (the last step is always kept)."""
+    steps = [r for r in _tail_records(save_dir, tail_bytes) if "event" not in r and "step" in r]
+    if len(steps) > points:
+        stride = -(-len(steps) // points)
+        steps = steps[::-stride][::-1]  # every k-th counted back from the newest
+    out: dict[str, list[float | None]] = {"step": [float(r["step"]) for r in steps]}
+    for key in SERIES:
+        out[key] = [r.get(key) for r in steps]
+    return out
 
 
 def requeue_marker(save_dir: str) -> dict[str, Any] | None:

@@ -929,6 +929,11 @@ def run_metrics(run: TrainingRun) -> dict[str, Any] | None:
     return ckpt.latest_metrics(f"{run_dir(run.name, run.pk)}/checkpoints")
 
 
+def run_metric_series(run: TrainingRun) -> dict[str, list[float | None]]:
+    """The trainer's per-step series (loss, gradient norm, learning rate, tokens/s)."""
+    return ckpt.metric_series(f"{run_dir(run.name, run.pk)}/checkpoints")
+
+
 def run_timeline(run: TrainingRun, attempts: Iterable[Attempt] | None = None) -> list[Any]:
     """The run's audit events (its own and its attempts'), oldest first: the states timeline."""
     from apps.audit.models import AuditEvent

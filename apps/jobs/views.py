@@ -7,12 +7,17 @@ Every action is a POST to a service; the detail page's log pane is fed over a We
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from django.contrib import messages
+from django.contrib.staticfiles import finders
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -26,6 +31,8 @@ from apps.jobs.models import Attempt, AttemptState, TrainingRun
 from apps.jobs.schedulers import SchedulerError
 
 PAGE_SIZE = 50
+
+PLOTLY = "vendor/plotly/plotly.min.js"
 
 
 def get_run(pk: int) -> TrainingRun:
@@ -118,7 +125,9 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
         if current and current.state in (AttemptState.PENDING, AttemptState.REQUEUED)
         else None,
         "checkpoints": services.run_checkpoints(run),
-        "metrics": services.run_metrics(run),
+        "metrics": _readable(services.run_metrics(run)),
+        "plotly": bool(finders.find(PLOTLY)),
+        "chart": _chart(run),
         "log": services.log_tail(current) if current else "",
         "can_write": _can_write(request),
         "can_cancel": run.is_active,
@@ -137,6 +146,49 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "timeline": services.run_timeline(run, attempts),
     }
     return render_page(request, "jobs/run_detail.html", "jobs/partials/run_state.html", context)
+
+
+def _readable(record: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """A metrics record as (name, text): the time as a local date, numbers to 4 digits."""
+    if not record:
+        return []
+    out = []
+    for key, value in record.items():
+        if key == "time" and isinstance(value, int | float):
+            text = date_format(
+                timezone.localtime(datetime.fromtimestamp(value, tz=UTC)), "DATETIME_FORMAT"
+            )
+        elif isinstance(value, float):
+            text = f"{value:.4g}"
+        else:
+            text = str(value)
+        out.append((key, text))
+    return out
+
+
+def _chart(run: TrainingRun) -> dict[str, Any]:
+    return {
+        "series": services.run_metric_series(run),
+        "url": reverse("jobs:run_metrics", args=[run.pk]),
+        "live": run.is_active,
+        "titles": {
+            "loss": _("Loss and gradient norm"),
+            "speed": _("Tokens per second and learning rate"),
+            "step": _("step"),
+            "training_loss": _("loss"),
+            "training_gradient_norm": _("gradient norm"),
+            "training_tokens_per_second": _("tokens/s"),
+            "training_learning_rate": _("learning rate"),
+        },
+    }
+
+
+@roles(*READ_ROLES)
+@require_GET
+def run_metrics(request: HttpRequest, pk: int) -> JsonResponse:
+    """The run's per-step series as JSON (the charts poll it while the run is active)."""
+    run = get_run(pk)
+    return JsonResponse({"series": services.run_metric_series(run), "live": run.is_active})
 
 
 def _act(request: HttpRequest, pk: int, action: str) -> HttpResponse:

@@ -70,6 +70,7 @@ def test_other_roles_are_refused_everywhere(role, client_as, run):
     for url in (
         "/jobs/",
         f"/jobs/runs/{run.pk}/",
+        f"/jobs/runs/{run.pk}/metrics.json",
         "/jobs/new/",
         "/jobs/cluster/",
         "/api/jobs/runs/",
@@ -92,10 +93,41 @@ def test_read_only_roles_cannot_launch_or_act(role, client_as, run, make_version
     assert b'data-testid="cancel"' not in page.content
 
 
+def test_the_run_page_charts_the_trainers_metrics(client_as, run):
+    import json
+    from pathlib import Path
+
+    from apps.jobs.rendering import run_dir
+
+    log = Path(run_dir(run.name, run.pk)) / "checkpoints" / "metrics.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    records = [{"time": 1795838130.0, "event": "config", "config": {}}]
+    records += [
+        {
+            "time": 1795838130.0 + s,
+            "step": s,
+            "training_loss": 6.0 / s,
+            "training_tokens_per_second": 900.0,
+        }
+        for s in range(1, 31)
+    ]
+    records.append({"time": 1795838161.0, "event": "checkpoint", "step": 30, "path": "/x"})
+    log.write_text("\n".join(json.dumps(r) for r in records) + '\n{"step": 31, "trai')
+    client = client_as("auditor")
+    page = client.get(f"/jobs/runs/{run.pk}/").content.decode()
+    assert 'data-testid="loss-chart"' in page and 'id="run-chart-data"' in page
+    assert '<dd class="mono">0.2</dd>' in page  # the last step's loss, 6/30, not the event
+    body = client.get(f"/jobs/runs/{run.pk}/metrics.json").json()
+    assert body["series"]["step"] == list(range(1, 31)) and body["live"] is True
+    assert body["series"]["training_loss"][-1] == pytest.approx(0.2)
+    assert body["series"]["training_gradient_norm"] == [None] * 30
+
+
 def test_unknown_ids_are_404_never_500(client_as, fake):
     client = client_as("operator")
     for url in (
         "/jobs/runs/1/",
+        "/jobs/runs/1/metrics.json",
         "/jobs/attempts/1/script/",
         "/api/jobs/runs/1/",
         "/api/jobs/attempts/1/",
