@@ -27,10 +27,12 @@ from apps.jobs.rendering import run_dir
 from apps.jobs.validation import RunSpec
 from apps.review import services as review
 from apps.review.models import ReviewBatch
+from trainer.data.tokenizer import Tokenizer, dataset_texts
 
 DATASET_NAME = "demo-cohort"
 RUN_NAME = "demo-tiny"
 RUN_STEPS = 40
+TINY_VOCAB = 512  # trainer/presets/tiny.yaml: model.vocab_size
 # The smallest threshold the policy allows; with no failures it takes 59 clean reviews
 # (0.05 ** (1 / 59) >= 0.95), so the scripted batch reviews every file of the run (72).
 THRESHOLD = 0.95
@@ -91,7 +93,18 @@ def dataset_version(run: DeidRun, steward: Any) -> DatasetVersion:
         )
 
 
-def training_run(version: DatasetVersion, operator: Any) -> TrainingRun:
+def tokenizer_for(version: DatasetVersion, folder: Path) -> Path:
+    """A BPE tokenizer trained on the version's released text (as ``python -m trainer
+    tokenizer --data`` does), sized for the tiny preset's 512-id embedding."""
+    path = folder / f"{version.name}-v{version.number}.json"
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        texts = dataset_texts([version.root], max_bytes=64 << 20)
+        Tokenizer.train(texts, TINY_VOCAB).save(path)
+    return path
+
+
+def training_run(version: DatasetVersion, operator: Any, tokenizer: Path) -> TrainingRun:
     """The demo's training run on ``version``: the tiny preset, a few dozen steps on the CPU
     through the local scheduler, checkpoints and metrics as on a cluster."""
     existing = TrainingRun.objects.filter(name=RUN_NAME, dataset_version=version).first()
@@ -111,6 +124,7 @@ def training_run(version: DatasetVersion, operator: Any) -> TrainingRun:
         max_steps=RUN_STEPS,
         time_limit_minutes=15,
         scheduler="local",
+        tokenizer=str(tokenizer),
     )
     with bound_context():
         try:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from apps.demo import flow, synthetic
+from trainer.data.tokenizer import Tokenizer
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
@@ -74,9 +75,12 @@ def test_released_packed_and_launched(deid_run, cast, settings, tmp_path):
     assert version.status == "ready" and version.sample_count == 36
     assert flow.dataset_version(deid_run, steward).pk == version.pk  # the demo reruns
 
-    run = flow.training_run(version, cast["operator"])
+    tokenizer = flow.tokenizer_for(version, tmp_path / "tokenizers")
+    assert Tokenizer.load(tokenizer).vocab_size == 512  # learned from the released reports
+    run = flow.training_run(version, cast["operator"], tokenizer)
     assert run.state == RunState.SUBMITTING and run.preset == "tiny"
-    assert flow.training_run(version, cast["operator"]).pk == run.pk
+    assert run.tokenizer == str(tokenizer) and run.plan["warnings"] == []
+    assert flow.training_run(version, cast["operator"], tokenizer).pk == run.pk
 
 
 def test_a_file_with_phi_left_fails_review_and_keeps_the_gate_closed(deid_run, cast):

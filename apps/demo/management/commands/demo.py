@@ -226,7 +226,9 @@ class Command(BaseCommand):
             f"verify: {check.files_checked} files, "
             + ("all match the manifest" if check.ok else f"{len(check.problems)} differences")
         )
-        training = flow.training_run(version, operator)
+        tokenizer = flow.tokenizer_for(version, Path(settings.VAR_DIR) / "demo-data" / "tokenizers")
+        self.stdout.write(f"tokenizer trained on the version's text: {tokenizer}")
+        training = flow.training_run(version, operator, tokenizer)
         self.run_url = f"/jobs/runs/{training.pk}/"
         training = self.wait(
             TrainingRun,
