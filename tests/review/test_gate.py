@@ -165,6 +165,9 @@ def test_299_clean_reviews_release_the_run_once_and_only_its_de_identified_files
     # A second release changes nothing.
     with pytest.raises(services.GateClosed, match="already released"):
         services.release_run(run, acting_user=steward)
+    page = client_as("data_steward").get(f"/review/batches/{clean_batch.pk}/").content.decode()
+    assert 'data-testid="gate-released"' in page and "gate-open" in page
+    assert 'data-testid="gate-reasons"' not in page  # released: nothing blocks it
 
 
 def test_the_command_releases_through_the_same_gate(clean_batch, steward, capsys):
