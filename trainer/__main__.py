@@ -98,6 +98,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         os.environ.pop(key, None)
     run = build_run(cfg)
     try:
+        run.trainer.check_tokenizer(path, manifest)  # --data with other ids would lie
         load_model_weights(path, run.engine.raw, manifest["engine"])  # type: ignore[attr-defined]
         result = run.trainer.evaluate()
         text = None

@@ -18,7 +18,7 @@ from typing import Any
 
 from trainer import EXIT_REQUEUE
 from trainer.checkpoint import CheckpointManager
-from trainer.config import TrainConfig, count_params, flops_per_token
+from trainer.config import ConfigError, TrainConfig, count_params, flops_per_token
 from trainer.data.batching import Batch, BatchLoader, Collator
 from trainer.data.cache import ShardCache
 from trainer.data.sampler import ResumableSampler
@@ -179,7 +179,7 @@ class Trainer:
                 log.info("no checkpoint to resume in %s: starting fresh", self.checkpoints.dir)
             return
         manifest = self.checkpoints.load(path)
-        self._check_tokenizer(path, manifest)
+        self.check_tokenizer(path, manifest)
         self.step = self.start_step = int(manifest["step"])
         self.tokens_seen = int(manifest["tokens_seen"])
         self.data.loader.sampler.load_state_dict(manifest["data"])
@@ -187,16 +187,17 @@ class Trainer:
         log.info("resumed from %s at step %d", path, self.step)
         self.logger.event("resumed", {"path": str(path), "step": self.step})
 
-    def _check_tokenizer(self, path: Path, manifest: dict[str, Any]) -> None:
-        """Ids mean nothing under another tokenizer: refuse to resume with a different one
-        (checkpoints written before the tokenizer was recorded are taken as they are)."""
+    def check_tokenizer(self, path: Path, manifest: dict[str, Any]) -> None:
+        """Ids mean nothing under another tokenizer: refuse to resume or evaluate a checkpoint
+        with a different one (a ConfigError: exit 2, not worth a requeue). Checkpoints
+        written before the tokenizer was recorded are taken as they are."""
         recorded, tok = manifest.get("tokenizer"), self.data.tokenizer
         if recorded is None or tok is None or recorded.get("sha256") == tok.fingerprint():
             return
-        raise ValueError(
+        raise ConfigError(
             f"{path} was trained with tokenizer {recorded.get('sha256', '?')[:12]} "
             f"({recorded.get('vocab_size')} ids); this run reads with {tok.fingerprint()[:12]} "
-            f"({tok.vocab_size} ids): resume with the same data.tokenizer"
+            f"({tok.vocab_size} ids): use the same data.tokenizer"
         )
 
     def train_step(self) -> dict[str, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -49,6 +50,22 @@ def test_evaluate_command_writes_a_perplexity_report(
     report = json.loads(out.read_text())
     assert report["step"] == 10 and report["samples"] == 8
     assert 1.0 < report["perplexity"] < 100.0  # far below the vocabulary size of 512
+
+
+def test_evaluating_on_data_read_with_another_tokenizer_is_refused(
+    train_losses, dataset, tmp_path, tiny
+) -> None:
+    """A version packed by the control plane has no tokenizer.json: its text would become
+    byte-level ids, not the ids this checkpoint learned."""
+    from trainer.__main__ import main
+
+    train_losses(tiny(dataset, tmp_path, "optim.max_steps=2", "checkpoint.interval=2"))
+    bare = tmp_path / "bare"
+    shutil.copytree(dataset, bare)
+    (bare / "tokenizer.json").unlink()
+    step = str(tmp_path / "step-000002")
+    assert main(["evaluate", "--checkpoint", step, "--data", str(bare), "--samples", "4"]) == 2
+    assert main(["evaluate", "--checkpoint", step, "--samples", "4"]) == 0
 
 
 def test_the_trainer_never_imports_django() -> None:

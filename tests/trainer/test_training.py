@@ -128,7 +128,7 @@ def test_resuming_with_another_tokenizer_is_refused(train_losses, dataset, tmp_p
     cfg.data.tokenizer = str(other)
     run = build_run(cfg)
     try:
-        with pytest.raises(ValueError, match=r"resume with the same data\.tokenizer"):
+        with pytest.raises(ValueError, match=r"use the same data\.tokenizer"):
             run.trainer.train()
     finally:
         run.close()
