@@ -16,6 +16,7 @@ writing a checkpoint, anything else a crash.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import math
@@ -125,12 +126,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _report_generation(run: object, count: int, max_new_tokens: int) -> dict[str, object]:
     """ROUGE/BLEU of greedy reports for the first ``count`` held-out samples with text."""
+    from trainer.data.shards import ShardReader
     from trainer.evaluation import generate_reports, text_metrics
 
-    loader = run.data.eval_loader  # type: ignore[attr-defined]
-    reader, collate = loader.reader, loader.collate
-    samples = [s for s in (reader[i] for i in range(len(reader))) if s.text][:count]
-    samples = samples[: min(count, run.cfg.data.eval_samples)]  # type: ignore[attr-defined]
+    collate = run.data.eval_loader.collate  # type: ignore[attr-defined]
+    # Its own reader: the eval loader's prefetch thread may still be reading through the
+    # loader's file handles, and a shared seek + read would interleave.
+    reader = ShardReader(run.cfg.data.path)  # type: ignore[attr-defined]
+    held_out = min(len(reader), run.cfg.data.eval_samples)  # type: ignore[attr-defined]
+    try:
+        with_text = (s for s in (reader[i] for i in range(held_out)) if s.text)
+        samples = list(itertools.islice(with_text, count))
+    finally:
+        reader.close()
     model = run.engine.raw  # type: ignore[attr-defined]
     predictions = generate_reports(model, collate, samples, max_new_tokens)
     references = [s.text or "" for s in samples]

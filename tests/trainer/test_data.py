@@ -355,6 +355,27 @@ def test_the_tokenizer_command_trains_on_a_dataset_versions_text(tmp_path, capsy
     assert main(["tokenizer", "--vocab-size", "400", "--out", str(out)]) == 2
 
 
+def test_threads_sharing_one_reader_read_the_right_bytes(tmp_path) -> None:
+    """A loader's prefetch thread and its caller may read through one reader at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from trainer.data.synthetic import write_synthetic
+
+    reader = ShardReader(write_synthetic(tmp_path / "v1", samples=32, per_shard=8))
+    members = [(i, ext) for i in range(len(reader)) for ext in reader.locations[i][1]]
+    expected = {m: reader.read_member(*m) for m in members}
+
+    def read_all(seed: int) -> int:
+        order = sorted(members, key=lambda m: hash((m, seed)))
+        return sum(reader.read_member(*m) != expected[m] for _ in range(20) for m in order)
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            assert sum(pool.map(read_all, range(4))) == 0
+    finally:
+        reader.close()
+
+
 def test_a_dataset_without_a_tokenizer_is_read_with_byte_ids(tmp_path) -> None:
     trained = Tokenizer.train(["the lesion in the left lobe"] * 5, 300)
     trained.save(tmp_path / "own.json")

@@ -651,9 +651,15 @@ class ShardReader:
         loc = members.get(ext)
         if loc is None:
             return None
-        fh = self._handle(number)
-        fh.seek(loc[0])
-        data = fh.read(loc[1])
+        # pread: no shared file position, so threads reading through one reader (a loader's
+        # prefetch thread and the caller) cannot interleave a seek with another's read.
+        fd = self._handle(number).fileno()
+        data = os.pread(fd, loc[1], loc[0])
+        while len(data) < loc[1]:  # a regular file returns short only at EOF or past 2 GiB
+            more = os.pread(fd, loc[1] - len(data), loc[0] + len(data))
+            if not more:
+                break
+            data += more
         if len(data) != loc[1]:
             raise ShardFormatError(
                 f"{self.shard_names[number]}: member {self.keys[i]}.{ext} is truncated"
