@@ -12,9 +12,15 @@ class AuditConfig(AppConfig):
     verbose_name = _("Audit trail")
 
     def ready(self) -> None:
+        from apps.audit import services
         from apps.core import navigation
         from apps.core.roles import AUDITOR, PRIVACY
 
         navigation.register(
-            "audit", _("Audit trail"), "audit:events", {AUDITOR, PRIVACY}, order=900
+            "audit",
+            _("Audit trail"),
+            "audit:events",
+            {AUDITOR, PRIVACY},
+            order=900,
+            summary=services.overview,
         )

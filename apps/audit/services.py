@@ -579,6 +579,21 @@ def last_check() -> ChainCheck | None:
     return ChainCheck.objects.order_by("-finished_at", "-pk").first()
 
 
+def overview() -> list[tuple[str, Any]]:
+    """The audit trail's card on the overview page: its length and the last chain check."""
+    from django.utils.translation import gettext as _
+
+    check = last_check()
+    if check is None:
+        verdict = _("not verified yet")
+    elif check.ok:
+        verdict = _("intact up to #%(seq)s") % {"seq": check.head_seq}
+    else:
+        verdict = _("BROKEN at #%(seq)s") % {"seq": check.broken_seq}
+    head = AuditEvent.objects.order_by("-seq").values_list("seq", flat=True).first() or 0
+    return [(_("events"), head), (_("last chain check"), verdict)]
+
+
 # --- daily digest ----------------------------------------------------------------------------
 
 

@@ -6,9 +6,14 @@ the context processor filters by the user's roles, so navigation always matches 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from django.urls import reverse
+
+# A card's figures on the overview page: (label, value) pairs, cheap to compute (counts).
+Summary = Callable[[], list[tuple[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -18,6 +23,7 @@ class NavItem:
     url_name: str
     roles: frozenset[str]
     order: int = 100
+    summary: Summary | None = field(default=None, compare=False)
 
     @property
     def url(self) -> str:
@@ -28,9 +34,15 @@ _items: dict[str, NavItem] = {}
 
 
 def register(
-    key: str, label: str, url_name: str, roles: frozenset[str] | set[str], order: int = 100
+    key: str,
+    label: str,
+    url_name: str,
+    roles: frozenset[str] | set[str],
+    order: int = 100,
+    summary: Summary | None = None,
 ) -> None:
-    _items[key] = NavItem(key, label, url_name, frozenset(roles), order)
+    """Add a menu entry; ``summary`` gives its card on the overview page a few figures."""
+    _items[key] = NavItem(key, label, url_name, frozenset(roles), order, summary)
 
 
 def items_for(user_roles: frozenset[str]) -> list[NavItem]:

@@ -6,12 +6,15 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from django.views.i18n import set_language
 
-from apps.core import access, health
+from apps.core import access, health, navigation
 
 
 @access.roles(*access.ANY_ROLE)
 def home(request: HttpRequest) -> HttpResponse:
-    return render(request, "core/home.html", {})
+    """Where things stand: a card per area the user's roles reach, with its figures."""
+    items = navigation.items_for(access.roles_of(request.user))
+    cards = [(item, item.summary() if item.summary else []) for item in items if item.key != "home"]
+    return render(request, "core/home.html", {"cards": cards})
 
 
 @access.public

@@ -13,7 +13,15 @@ class DatasetsConfig(AppConfig):
 
     def ready(self) -> None:
         from apps.core import navigation
+        from apps.datasets import services
         from apps.datasets.views import LINEAGE, READ
 
-        navigation.register("datasets", _("Datasets"), "datasets:list", set(READ), order=400)
+        navigation.register(
+            "datasets",
+            _("Datasets"),
+            "datasets:list",
+            set(READ),
+            order=400,
+            summary=services.overview,
+        )
         navigation.register("lineage", _("Lineage"), "datasets:lineage", set(LINEAGE), order=410)

@@ -1154,3 +1154,17 @@ def _all_sample_keys(version: DatasetVersion) -> set[str]:
     for index in sorted((root / "index").glob("*.json")):
         keys.update(json.loads(index.read_text())["samples"])
     return keys
+
+
+# --- overview ----------------------------------------------------------------------------------
+
+
+def overview() -> list[tuple[str, Any]]:
+    """The datasets' card on the overview page."""
+    from django.utils.translation import gettext as _
+
+    counts = dict(DatasetVersion.objects.values_list("status").annotate(n=Count("pk")).order_by())
+    return [
+        (_("versions ready"), counts.get(DatasetVersion.Status.READY, 0)),
+        (_("building"), counts.get(DatasetVersion.Status.BUILDING, 0)),
+    ]

@@ -9,8 +9,14 @@ class DeidConfig(AppConfig):
     def ready(self) -> None:
         from apps.core import navigation
         from apps.core.roles import AUDITOR, PRIVACY, STEWARD
+        from apps.deid import services
 
         navigation.register(
-            "deid", _("De-identification"), "deid:runs", {STEWARD, PRIVACY, AUDITOR}, order=30
+            "deid",
+            _("De-identification"),
+            "deid:runs",
+            {STEWARD, PRIVACY, AUDITOR},
+            order=30,
+            summary=services.overview,
         )
         navigation.register("deid_reveal", _("Re-identify"), "deid:reveal", {PRIVACY}, order=31)

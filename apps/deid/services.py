@@ -1220,3 +1220,18 @@ def run_summary(run: DeidRun) -> dict[str, Any]:
         },
         "balanced": run.files_done == run.files_ok + run.files_quarantined + run.files_error,
     }
+
+
+# --- overview ----------------------------------------------------------------------------------
+
+
+def overview() -> list[tuple[str, Any]]:
+    """De-identification's card on the overview page: runs by state, files held back."""
+    runs = dict(DeidRun.objects.values_list("status").annotate(n=Count("pk")).order_by())
+    active = runs.get(DeidRun.Status.PENDING, 0) + runs.get(DeidRun.Status.RUNNING, 0)
+    held = DeidFileResult.objects.filter(status=DeidFileResult.Status.QUARANTINED).count()
+    return [
+        (_("runs done"), runs.get(DeidRun.Status.DONE, 0)),
+        (_("running or queued"), active),
+        (_("files quarantined"), held),
+    ]

@@ -14,6 +14,7 @@ class InventoryConfig(AppConfig):
     def ready(self) -> None:
         from apps.core import navigation
         from apps.core.roles import AUDITOR, PM, PRIVACY, STEWARD
+        from apps.inventory import services
 
         navigation.register(
             "inventory",
@@ -21,6 +22,7 @@ class InventoryConfig(AppConfig):
             "inventory:sources",
             {STEWARD, PRIVACY, PM, AUDITOR},
             order=20,
+            summary=services.overview,
         )
         navigation.register(
             "inventory_dashboard",
@@ -28,4 +30,5 @@ class InventoryConfig(AppConfig):
             "inventory:dashboard",
             {STEWARD, PRIVACY, PM, AUDITOR},
             order=21,
+            summary=services.volume_overview,
         )

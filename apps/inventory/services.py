@@ -851,3 +851,22 @@ def dashboard_data() -> dict[str, Any]:
         .distinct()
         .count(),
     }
+
+
+# --- overview ----------------------------------------------------------------------------------
+
+
+def overview() -> list[tuple[str, Any]]:
+    """The data map's card on the overview page."""
+    return [
+        (_("data sources"), DataSource.objects.count()),
+        (_("raw files scanned"), RawFile.objects.count()),
+    ]
+
+
+def volume_overview() -> list[tuple[str, Any]]:
+    """The data volumes' card: what the scanned files weigh."""
+    from django.template.defaultfilters import filesizeformat
+
+    total = RawFile.objects.aggregate(n=Sum("size"))["n"] or 0
+    return [(_("scanned"), filesizeformat(total))]

@@ -17,9 +17,17 @@ class JobsConfig(AppConfig):
 
         from apps.core import navigation
         from apps.datasets import registry
+        from apps.jobs import services
         from apps.jobs.access import READ_ROLES
 
-        navigation.register("jobs", _("Training runs"), "jobs:runs", READ_ROLES, order=500)
+        navigation.register(
+            "jobs",
+            _("Training runs"),
+            "jobs:runs",
+            READ_ROLES,
+            order=500,
+            summary=services.overview,
+        )
         navigation.register("cluster", _("Cluster"), "jobs:cluster", READ_ROLES, order=510)
         registry.register_consumer(
             "jobs.trainingrun",

@@ -945,3 +945,19 @@ def run_timeline(run: TrainingRun, attempts: Iterable[Attempt] | None = None) ->
         .order_by("seq")
         .only("seq", "timestamp", "user_id", "action", "resource", "details_json")[:500]
     )
+
+
+# --- overview ----------------------------------------------------------------------------------
+
+
+def overview() -> list[tuple[str, Any]]:
+    """Training runs' card on the overview page: runs by where they stand."""
+    from django.db.models import Count
+
+    counts = dict(TrainingRun.objects.values_list("state").annotate(n=Count("pk")).order_by())
+    ended_badly = sum(counts.get(s, 0) for s in (RunState.FAILED, RunState.LOST))
+    return [
+        (_("active"), sum(counts.get(s, 0) for s in ACTIVE_RUN_STATES)),
+        (_("completed"), counts.get(RunState.COMPLETED, 0)),
+        (_("failed or lost"), ended_badly),
+    ]

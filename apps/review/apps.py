@@ -14,6 +14,7 @@ class ReviewConfig(AppConfig):
     def ready(self) -> None:
         from apps.core import navigation
         from apps.core.roles import AUDITOR, CLINICIAN, PRIVACY, STEWARD
+        from apps.review import services
 
         navigation.register(
             "review",
@@ -21,4 +22,5 @@ class ReviewConfig(AppConfig):
             "review:batches",
             {CLINICIAN, STEWARD, PRIVACY, AUDITOR},
             order=300,
+            summary=services.overview,
         )

@@ -889,3 +889,19 @@ def open_original(item: ReviewItem, *, acting_user: User, reason: str, ticket: s
             },
         )
     return path
+
+
+# --- overview ----------------------------------------------------------------------------------
+
+
+def overview() -> list[tuple[str, Any]]:
+    """Review's card on the overview page: what waits for clinicians, what was released."""
+    open_batches = ReviewBatch.objects.filter(status=ReviewBatch.Status.OPEN)
+    waiting = ReviewItem.objects.filter(
+        batch__in=open_batches, status=ReviewItem.Status.PENDING
+    ).count()
+    return [
+        (_("open batches"), open_batches.count()),
+        (_("items waiting"), waiting),
+        (_("runs released"), DeidRun.objects.filter(released_at__isnull=False).count()),
+    ]
