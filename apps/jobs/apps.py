@@ -28,7 +28,14 @@ class JobsConfig(AppConfig):
             order=500,
             summary=services.overview,
         )
-        navigation.register("cluster", _("Cluster"), "jobs:cluster", READ_ROLES, order=510)
+        navigation.register(
+            "cluster",
+            _("Cluster"),
+            "jobs:cluster",
+            READ_ROLES,
+            order=510,
+            summary=services.cluster_overview,
+        )
         registry.register_consumer(
             "jobs.trainingrun",
             _("Training run"),

@@ -961,3 +961,26 @@ def overview() -> list[tuple[str, Any]]:
         (_("completed"), counts.get(RunState.COMPLETED, 0)),
         (_("failed or lost"), ended_badly),
     ]
+
+
+_CLUSTER_OVERVIEW_SECONDS = 30  # one scheduler call per half minute, however many viewers
+
+
+def cluster_overview() -> list[tuple[str, Any]]:
+    """The cluster's card on the overview page: nodes up and GPUs free, from the scheduler
+    (cached for 30 s); a scheduler that does not answer is said so, not raised."""
+    from django.core.cache import cache
+
+    key = "jobs:cluster-overview"
+    counts = cache.get(key)
+    if counts is None:
+        try:
+            info = cluster_info()
+        except SchedulerError:
+            return [(_("scheduler"), _("not answering"))]
+        usable = ("idle", "mixed", "allocated")
+        up = sum(1 for n in info.nodes if n.state.split("+")[0] in usable)
+        counts = (up, len(info.nodes), info.free_gpus, info.total_gpus)
+        cache.set(key, counts, _CLUSTER_OVERVIEW_SECONDS)
+    up, nodes, free, gpus = counts
+    return [(_("nodes up"), f"{up} / {nodes}"), (_("GPUs free"), f"{free} / {gpus}")]

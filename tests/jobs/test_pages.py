@@ -310,3 +310,37 @@ def test_the_websocket_sends_the_state_and_log_tail_to_readers_only(run, cast):
     assert messages[1]["type"] == "log.tail" and "log of 100" in messages[1]["text"]
     connected, code, _ = in_own_loop(cast["data_steward"], run.pk)
     assert not connected and code == 4403
+
+
+def cluster_card(page: str) -> list[str]:
+    """The figures of the overview's cluster card."""
+    from tests.core.test_overview import cards
+
+    return cards(page)["cluster"]
+
+
+def test_the_cluster_card_asks_the_scheduler_at_most_every_half_minute(
+    client_as, fake, monkeypatch
+):
+    from django.core.cache import cache
+
+    from apps.jobs.schedulers import SchedulerError
+
+    cache.delete("jobs:cluster-overview")
+    calls = []
+    real = fake.cluster_info
+    monkeypatch.setattr(fake, "cluster_info", lambda: calls.append(1) or real())
+    for _ in range(3):
+        assert cluster_card(client_as("operator").get("/").content.decode()) == [
+            "1 / 1",
+            "6 / 8",
+        ]
+    assert len(calls) == 1
+    cache.delete("jobs:cluster-overview")
+
+    def outage():
+        raise SchedulerError("Unable to contact slurm controller", permanent=False)
+
+    monkeypatch.setattr(fake, "cluster_info", outage)
+    page = client_as("operator").get("/")
+    assert page.status_code == 200 and cluster_card(page.content.decode()) == ["not answering"]
