@@ -34,6 +34,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Max, Q, QuerySet
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from apps.audit.services import record
 from apps.datasets import packing
@@ -1161,8 +1162,6 @@ def _all_sample_keys(version: DatasetVersion) -> set[str]:
 
 def overview() -> list[tuple[str, Any]]:
     """The datasets' card on the overview page."""
-    from django.utils.translation import gettext as _
-
     counts = dict(DatasetVersion.objects.values_list("status").annotate(n=Count("pk")).order_by())
     return [
         (_("versions ready"), counts.get(DatasetVersion.Status.READY, 0)),

@@ -24,7 +24,7 @@ from apps.demo import synthetic
 from apps.jobs import services as jobs
 from apps.jobs.models import TrainingRun
 from apps.jobs.rendering import run_dir
-from apps.jobs.validation import RunSpec
+from apps.jobs.validation import cpu_trial
 from apps.review import services as review
 from apps.review.models import ReviewBatch
 from trainer.data.tokenizer import Tokenizer, dataset_texts
@@ -110,17 +110,10 @@ def training_run(version: DatasetVersion, operator: Any, tokenizer: Path) -> Tra
     existing = TrainingRun.objects.filter(name=RUN_NAME, dataset_version=version).first()
     if existing is not None:
         return existing
-    spec = RunSpec(
-        name=RUN_NAME,
-        preset="tiny",
-        dataset_version_id=version.pk,
-        nodes=1,
-        gpus_per_node=0,
-        data_parallel=1,
-        engine="single",
-        micro_batch_size=2,
+    spec = cpu_trial(
+        RUN_NAME,
+        version.pk,
         global_batch_size=4,
-        seq_len=64,
         max_steps=RUN_STEPS,
         time_limit_minutes=15,
         scheduler="local",

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Count, Max
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -952,8 +952,6 @@ def run_timeline(run: TrainingRun, attempts: Iterable[Attempt] | None = None) ->
 
 def overview() -> list[tuple[str, Any]]:
     """Training runs' card on the overview page: runs by where they stand."""
-    from django.db.models import Count
-
     counts = dict(TrainingRun.objects.values_list("state").annotate(n=Count("pk")).order_by())
     ended_badly = sum(counts.get(s, 0) for s in (RunState.FAILED, RunState.LOST))
     return [

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import yaml
 from django.conf import settings
@@ -88,6 +89,27 @@ class RunSpec:
     @property
     def world_size(self) -> int:
         return self.nodes * max(self.gpus_per_node, 1)
+
+
+def cpu_trial(name: str, dataset_version_id: int, **changes: Any) -> RunSpec:
+    """A trial run: the tiny preset as one CPU process on one node (engine single, micro
+    batch 2, sequence 64, 3 steps), for the demo, CI and a site's first smoke test;
+    ``changes`` override any field."""
+    spec = RunSpec(
+        name=name,
+        preset="tiny",
+        dataset_version_id=dataset_version_id,
+        nodes=1,
+        gpus_per_node=0,
+        data_parallel=1,
+        engine="single",
+        micro_batch_size=2,
+        global_batch_size=2,
+        seq_len=64,
+        max_steps=3,
+        time_limit_minutes=10,
+    )
+    return replace(spec, **changes)
 
 
 @dataclass

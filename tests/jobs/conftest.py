@@ -152,26 +152,12 @@ def make_version(db: Any, tmp_path: Path) -> Callable[..., Any]:
 @pytest.fixture
 def make_spec(make_version: Callable[..., Any]) -> Callable[..., Any]:
     """A valid small RunSpec (tiny preset, one node, one CPU process) with overrides."""
-    from apps.jobs.validation import RunSpec
+    from apps.jobs.validation import cpu_trial
 
     def make(**overrides: Any) -> Any:
-        if "dataset_version_id" not in overrides:
-            overrides["dataset_version_id"] = make_version().pk
-        base = {
-            "name": "tiny-run",
-            "preset": "tiny",
-            "nodes": 1,
-            "gpus_per_node": 0,
-            "data_parallel": 1,
-            "engine": "single",
-            "micro_batch_size": 2,
-            "global_batch_size": 4,
-            "seq_len": 64,
-            "max_steps": 3,
-            "time_limit_minutes": 10,
-        }
-        base.update(overrides)
-        return RunSpec(**base)
+        name = overrides.pop("name", "tiny-run")
+        version = overrides.pop("dataset_version_id", None) or make_version().pk
+        return cpu_trial(name, version, **{"global_batch_size": 4, **overrides})
 
     return make
 

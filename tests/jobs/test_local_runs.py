@@ -77,22 +77,9 @@ def test_the_real_trainer_runs_the_tiny_preset_and_resumes_from_its_checkpoint(
     )
     shards = len(json.loads((data / "manifest.json").read_text())["shards"])
     version = make_version(root=str(data), shards=shards)
-    from apps.jobs.validation import RunSpec
+    from apps.jobs.validation import cpu_trial
 
-    spec = RunSpec(
-        name="tiny-real",
-        preset="tiny",
-        dataset_version_id=version.pk,
-        nodes=1,
-        gpus_per_node=0,
-        data_parallel=1,
-        engine="single",
-        micro_batch_size=2,
-        global_batch_size=2,
-        seq_len=64,
-        max_steps=3,
-        time_limit_minutes=10,
-    )
+    spec = cpu_trial("tiny-real", version.pk)
     run = services.launch_run(spec, acting_user=operator)
     run_tasks()
     wait_for_run(run, RunState.COMPLETED, RunState.FAILED, timeout=240)

@@ -194,7 +194,7 @@ def test_the_real_template_trains_the_tiny_preset_on_slurm(
     import json
     import sys
 
-    from apps.jobs.validation import RunSpec
+    from apps.jobs.validation import cpu_trial
 
     ok, why = _slurm_up()
     require_service("Slurm", ok, why)
@@ -213,22 +213,7 @@ def test_the_real_template_trains_the_tiny_preset_on_slurm(
         )
         shards = len(json.loads((data / "manifest.json").read_text())["shards"])
         version = make_version(root=str(data), shards=shards)
-        spec = RunSpec(
-            name=f"real-{launcher}",
-            preset="tiny",
-            dataset_version_id=version.pk,
-            nodes=1,
-            gpus_per_node=0,
-            data_parallel=1,
-            engine="single",
-            micro_batch_size=2,
-            global_batch_size=2,
-            seq_len=64,
-            max_steps=3,
-            time_limit_minutes=10,
-            launcher=launcher,
-            scheduler="slurm",
-        )
+        spec = cpu_trial(f"real-{launcher}", version.pk, launcher=launcher, scheduler="slurm")
         run = services.launch_run(spec, acting_user=operator)
         run_tasks()
         attempt = run.attempts.get()
