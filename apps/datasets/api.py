@@ -8,6 +8,8 @@ Routes (registered by controlplane/api.py):
   for ``status``, ``bytes_done``/``bytes_total`` and, once ``done``, ``ok`` and ``problems``.
 - ``/api/datasets/lineage/raw-file/?id=`` or ``?sha256=``, and
   ``/api/datasets/lineage/patient/?pseudonym=``: every version and consumer the data reached.
+- ``/api/datasets/consumer-lineage/?kind=jobs.trainingrun&id=<run id>``: every raw file behind
+  a training run (across the versions it read), paginated.
 - ``/api/datasets/annotations/``: list (``?version=``), retrieve, create (multipart upload).
 """
 
@@ -17,12 +19,13 @@ from typing import Any
 
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from apps.datasets import services
+from apps.datasets import registry, services
+from apps.datasets.access import BUILD, LABELS_READ, LABELS_WRITE, LINEAGE, READ, VERIFY
 from apps.datasets.filtersets import VersionFilterForm
 from apps.datasets.models import (
     AnnotationSet,
@@ -31,7 +34,6 @@ from apps.datasets.models import (
     DatasetVersion,
     VerifyCheck,
 )
-from apps.datasets.views import BUILD, LABELS_READ, LABELS_WRITE, LINEAGE, READ, VERIFY
 from apps.inventory.models import RawFile
 
 
@@ -105,6 +107,7 @@ class MemberSerializer(serializers.ModelSerializer):
     class Meta:
         model = DatasetMember
         fields = [
+            "version",
             "sample_key",
             "member",
             "raw_file",
@@ -274,6 +277,29 @@ class LineageViewSet(viewsets.ViewSet):
         return Response(_reach_data(services.reach_of_patient(pseudonym)))
 
 
+class ConsumerLineageViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    """Every raw file behind a training run (or another consumer of dataset versions):
+    ``?kind=jobs.trainingrun&id=<run id>``, paginated; 404 when it read no version."""
+
+    allowed_roles = set(READ)
+    serializer_class = MemberSerializer
+
+    def _consumer(self) -> tuple[str, str]:
+        kind = self.request.query_params.get("kind", "")
+        consumer_id = self.request.query_params.get("id", "")
+        if not registry.KIND_PATTERN.match(kind) or not 0 < len(consumer_id) <= 64:
+            raise ValidationError({"detail": "give ?kind=<app.model>&id=<consumer id>"})
+        return kind, consumer_id
+
+    def get_queryset(self) -> Any:
+        return services.lineage_of_consumer(*self._consumer())
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        if not services.versions_used_by(*self._consumer()).exists():
+            raise NotFound("no dataset version was read by this consumer")
+        return super().list(request, *args, **kwargs)
+
+
 class AnnotationSetViewSet(
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
@@ -316,5 +342,6 @@ routes = [
     ("datasets/versions", DatasetVersionViewSet, "datasetversion"),
     ("datasets/checks", VerifyCheckViewSet, "verifycheck"),
     ("datasets/lineage", LineageViewSet, "datasetlineage"),
+    ("datasets/consumer-lineage", ConsumerLineageViewSet, "datasetconsumerlineage"),
     ("datasets/annotations", AnnotationSetViewSet, "annotationset"),
 ]

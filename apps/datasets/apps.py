@@ -14,7 +14,7 @@ class DatasetsConfig(AppConfig):
     def ready(self) -> None:
         from apps.core import navigation
         from apps.datasets import services
-        from apps.datasets.views import LINEAGE, READ
+        from apps.datasets.access import LINEAGE, READ
 
         navigation.register(
             "datasets",

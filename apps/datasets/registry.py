@@ -15,8 +15,13 @@ Unregistered kinds still work (shown by their kind name, without a link).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+
+# What a consumer kind looks like ("<app>.<model>", lower case), checked wherever one arrives
+# from a URL or a query string.
+KIND_PATTERN = re.compile(r"[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*\Z")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,14 @@ urlpatterns = [
     path("build/", views.build, name="build"),
     path("lineage/", views.lineage_search, name="lineage"),
     path("lineage.csv", views.lineage_csv, name="lineage_csv"),
+    path(
+        "lineage/of/<str:kind>/<str:consumer_id>/", views.consumer_lineage, name="consumer_lineage"
+    ),
+    path(
+        "lineage/of/<str:kind>/<str:consumer_id>/files.csv",
+        views.consumer_lineage_csv,
+        name="consumer_lineage_csv",
+    ),
     path("<int:pk>/", views.version_detail, name="detail"),
     path("<int:pk>/status/", views.version_status, name="status"),
     path("<int:pk>/lineage/", views.version_lineage, name="version_lineage"),

@@ -3,29 +3,24 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from apps.core.access import roles
 from apps.core.htmx import is_htmx, render_page
-from apps.core.roles import AUDITOR, CLINICIAN, OPERATOR, PRIVACY, STEWARD
 from apps.datasets import registry, services
+from apps.datasets.access import BUILD, LABELS_READ, LABELS_WRITE, LINEAGE, READ, VERIFY
 from apps.datasets.filtersets import VersionFilterForm
 from apps.datasets.forms import AnnotationForm, BuildForm, LineageSearchForm
 from apps.datasets.models import AnnotationSet, DatasetVersion
 
-# Who sees what (docs/datasets.md): operators pick versions for training runs, auditors read.
-READ = (STEWARD, PRIVACY, OPERATOR, AUDITOR)
-BUILD = (STEWARD,)
-VERIFY = (STEWARD, PRIVACY, OPERATOR)
-LINEAGE = (PRIVACY, STEWARD, AUDITOR)
-LABELS_READ = (*READ, CLINICIAN)
-LABELS_WRITE = (STEWARD, CLINICIAN)
 PAGE_SIZE = 50
 
 
@@ -78,6 +73,7 @@ def version_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "version": version,
             "runs": version.runs.order_by("pk"),
             "lineage": lineage,
+            "page_url": reverse("datasets:version_lineage", args=[version.pk]),
             "check": version.checks.first(),
             "uses": uses,
             "label_sets": version.annotation_sets.select_related("author")[:10],
@@ -105,8 +101,105 @@ def version_lineage(request: HttpRequest, pk: int) -> HttpResponse:
         request,
         "datasets/lineage_page.html",
         "datasets/partials/lineage_table.html",
-        {"version": version, "lineage": page},
+        {
+            "version": version,
+            "lineage": page,
+            "page_url": reverse("datasets:version_lineage", args=[version.pk]),
+        },
     )
+
+
+def _consumer_versions(kind: str, consumer_id: str) -> list[DatasetVersion]:
+    """The versions a training run (or another consumer) read; 404 when it read none."""
+    if not registry.KIND_PATTERN.match(kind) or not 0 < len(consumer_id) <= 64:
+        raise Http404("no such consumer")
+    versions = services.consumer_versions(kind, consumer_id)
+    if not versions:
+        raise Http404("no dataset version was read by this consumer")
+    return versions
+
+
+@roles(*READ)
+@require_GET
+def consumer_lineage(request: HttpRequest, kind: str, consumer_id: str) -> HttpResponse:
+    """Every raw file behind a training run: the versions it read, then each packed file
+    with its source, ingest batch and de-id run (paginated; CSV for all of them)."""
+    versions = _consumer_versions(kind, consumer_id)
+    page = Paginator(services.lineage_of_consumer(kind, consumer_id), PAGE_SIZE).get_page(
+        request.GET.get("page")
+    )
+    return render_page(
+        request,
+        "datasets/consumer_lineage.html",
+        "datasets/partials/lineage_table.html",
+        {
+            "kind_label": registry.consumer_kind(kind).label,
+            "consumer_id": consumer_id,
+            "consumer_url": registry.consumer_url(kind, consumer_id),
+            "versions": versions,
+            "lineage": page,
+            "page_url": request.path,
+            "show_version": len(versions) > 1,
+            "csv_url": reverse("datasets:consumer_lineage_csv", args=[kind, consumer_id]),
+        },
+    )
+
+
+def _cell(text: str) -> str:
+    """A CSV cell a spreadsheet shows and never runs as a formula."""
+    return f"'{text}" if text[:1] in ("=", "+", "-", "@") else text
+
+
+class _Echo:
+    """csv.writer's file: hands each row back instead of buffering it (streamed CSV)."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+@roles(*READ)
+@require_GET
+def consumer_lineage_csv(request: HttpRequest, kind: str, consumer_id: str) -> HttpResponse:
+    """The same, every row, as CSV (ids and hashes only), streamed: a 70B run's versions
+    hold millions of files."""
+    _consumer_versions(kind, consumer_id)
+    writer = csv.writer(_Echo())
+    members = services.lineage_of_consumer(kind, consumer_id)
+
+    def rows() -> Iterator[str]:
+        yield writer.writerow(CONSUMER_CSV_HEADER)
+        for m in members.iterator(chunk_size=2000):
+            yield writer.writerow(
+                [
+                    m.version_id,
+                    _cell(m.version.label),
+                    _cell(m.sample_key),
+                    m.member,
+                    m.raw_file_id,
+                    m.raw_file.sha256,
+                    m.raw_file.source_id,
+                    m.raw_file.batch_id,
+                    m.run_id,
+                ]
+            )
+
+    response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
+    name = f"{kind}-{consumer_id}".replace(".", "-")
+    response["Content-Disposition"] = f'attachment; filename="files-behind-{name}.csv"'
+    return response
+
+
+CONSUMER_CSV_HEADER = (
+    "version_id",
+    "version",
+    "sample_key",
+    "member",
+    "raw_file_id",
+    "raw_sha256",
+    "source_id",
+    "ingest_batch_id",
+    "deid_run_id",
+)
 
 
 @roles(*VERIFY)
@@ -258,9 +351,7 @@ def lineage_csv(request: HttpRequest) -> HttpResponse:
             )
         for use in report.uses:
             # Consumer ids come from other apps: keep spreadsheets from running them.
-            consumer_id = use.consumer_id
-            if consumer_id[:1] in ("=", "+", "-", "@"):
-                consumer_id = f"'{consumer_id}"
+            consumer_id = _cell(use.consumer_id)
             writer.writerow(
                 [
                     report.subject,

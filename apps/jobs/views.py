@@ -21,8 +21,9 @@ from django.utils.formats import date_format
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from apps.core.access import roles
+from apps.core.access import roles, roles_of
 from apps.core.htmx import render_page
+from apps.datasets.access import READ as DATASET_READ
 from apps.jobs import reasons, services
 from apps.jobs.access import READ_ROLES, WRITE_ROLES
 from apps.jobs.filtersets import RunFilterForm, owners
@@ -43,9 +44,18 @@ def get_run(pk: int) -> TrainingRun:
 
 
 def _can_write(request: HttpRequest) -> bool:
-    from apps.core.access import roles_of
-
     return bool(roles_of(request.user) & WRITE_ROLES)
+
+
+def _data_links(request: HttpRequest, run: TrainingRun) -> dict[str, str] | None:
+    """Links to the run's dataset version and to every raw file behind the run, for the
+    roles the datasets pages admit (operators and auditors; not project managers)."""
+    if not roles_of(request.user) & set(DATASET_READ):
+        return None
+    return {
+        "version": reverse("datasets:detail", args=[run.dataset_version_id]),
+        "files": reverse("datasets:consumer_lineage", args=["jobs.trainingrun", run.pk]),
+    }
 
 
 @roles(*READ_ROLES)
@@ -130,6 +140,7 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "chart": _chart(run),
         "log": services.log_tail(current) if current else "",
         "can_write": _can_write(request),
+        "data_links": _data_links(request, run),
         "can_cancel": run.is_active,
         "can_requeue": bool(
             current

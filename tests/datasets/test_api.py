@@ -182,3 +182,29 @@ def test_the_cancel_action_is_for_stewards(world, as_role):
     body = as_role("data_steward").post(url).json()
     assert body["status"] == "failed" and body["cancel_requested"] is True
     assert as_role("data_steward").post(url).status_code == 409
+
+
+def test_the_files_behind_a_training_run_are_listed_across_its_versions(built, world, as_role):
+    from apps.datasets import services
+
+    other = services.build_version("other", [world.run], target_shard_mb=1, acting_user=None)
+    for version in (built, other):
+        services.record_dataset_use(
+            version, consumer_kind="jobs.trainingrun", consumer_id="5", acting_user=None
+        )
+    url = "/api/datasets/consumer-lineage/?kind=jobs.trainingrun&id=5&limit=100"
+    body = as_role("operator").get(url).json()
+    assert body["count"] == 22
+    assert {r["version"] for r in body["results"]} == {built.pk, other.pk}
+    assert {r["raw_file"] for r in body["results"]} == {
+        m.raw_file_id for m in services.lineage_of_version(built)
+    }
+    assert as_role("project_manager").get(url).status_code == 403
+    client = as_role("auditor")
+    assert client.get(url.replace("id=5", "id=6")).status_code == 404
+    for bad in (
+        "?kind=jobs&id=5",
+        "?kind=jobs.trainingrun",
+        "?kind=jobs.trainingrun&id=" + "1" * 65,
+    ):
+        assert client.get("/api/datasets/consumer-lineage/" + bad).status_code == 400, bad

@@ -207,3 +207,89 @@ def test_the_reach_report_exports_as_csv_with_ids_only(built, world, as_role):
         ("jobs.trainingrun", "5")
     ]
     assert all(r["version"] == "ct-demo v1" for r in rows)
+
+
+def _used_by_run(version, run_id="5"):
+    from apps.datasets import services
+
+    services.record_dataset_use(
+        version, consumer_kind="jobs.trainingrun", consumer_id=run_id, acting_user=None
+    )
+
+
+@pytest.mark.parametrize("role", sorted(ALL_ROLES))
+def test_the_data_behind_a_run_is_shown_to_the_roles_that_read_versions(role, built, as_role):
+    _used_by_run(built)
+    allowed = role in {"data_steward", "privacy_officer", "operator", "auditor"}
+    client = as_role(role)
+    for url in (
+        "/datasets/lineage/of/jobs.trainingrun/5/",
+        "/datasets/lineage/of/jobs.trainingrun/5/files.csv",
+    ):
+        assert client.get(url).status_code == (200 if allowed else 403), (url, role)
+
+
+def test_the_data_behind_a_run_lists_its_versions_and_every_file(built, world, as_role):
+    from apps.datasets import services
+
+    other = services.build_version("other", [world.run], target_shard_mb=1, acting_user=None)
+    _used_by_run(built)
+    _used_by_run(other)
+    page = as_role("operator").get("/datasets/lineage/of/jobs.trainingrun/5/").content.decode()
+    assert 'href="/jobs/runs/5/"' in page  # the registered consumer's own page
+    for version in (built, other):
+        assert f'href="/datasets/{version.pk}/"' in page
+    packed = services.lineage_of_version(built).count()
+    assert packed == 11
+    # Two versions of the same files: 22 rows, each naming its version.
+    files = page.split('id="files-title"')[1]
+    assert files.count("<tr data-raw-file=") == 2 * packed
+    assert files.count(">ct-demo v1</a></td>") == files.count(">other v1</a></td>") == packed
+    for raw in ("a_ct1", "b_dat", "c_note"):
+        assert f'data-raw-file="{world.raws[raw].pk}"' in page
+    assert f'data-raw-file="{world.raws["q_dicom"].pk}"' not in page  # quarantined, never packed
+
+
+def test_the_data_behind_a_run_pages_through_large_versions(built, as_role, monkeypatch):
+    from apps.datasets import views
+
+    monkeypatch.setattr(views, "PAGE_SIZE", 4)
+    _used_by_run(built)
+    client = as_role("auditor")
+    url = "/datasets/lineage/of/jobs.trainingrun/5/"
+    first = client.get(url).content.decode()
+    assert first.count("<tr data-raw-file=") == 4 and "Page 1 of 3" in first
+    assert f'hx-get="{url}?page=2"' in first
+    last = client.get(url, {"page": 3}, HTTP_HX_REQUEST="true").content.decode()
+    assert last.count("<tr data-raw-file=") == 3 and "<html" not in last
+
+
+def test_the_data_behind_a_run_exports_every_file_as_csv(built, world, as_role):
+    import csv
+    import io
+
+    from apps.datasets import services
+
+    _used_by_run(built)
+    response = as_role("operator").get("/datasets/lineage/of/jobs.trainingrun/5/files.csv")
+    assert response["Content-Disposition"].startswith("attachment;")
+    body = b"".join(response.streaming_content).decode()
+    rows = list(csv.DictReader(io.StringIO(body)))
+    expected = {(m.raw_file_id, m.raw_file.sha256) for m in services.lineage_of_version(built)}
+    assert {(int(r["raw_file_id"]), r["raw_sha256"]) for r in rows} == expected
+    assert {r["version"] for r in rows} == {"ct-demo v1"}
+    assert {int(r["deid_run_id"]) for r in rows} == {world.run.pk}
+
+
+def test_a_consumer_that_read_nothing_or_a_hostile_kind_is_404(built, as_role):
+    _used_by_run(built)
+    client = as_role("operator")
+    for url in (
+        "/datasets/lineage/of/jobs.trainingrun/6/",
+        "/datasets/lineage/of/jobs.trainingrun/6/files.csv",
+        "/datasets/lineage/of/Jobs.TrainingRun/5/",
+        "/datasets/lineage/of/jobs/5/",
+        "/datasets/lineage/of/jobs.trainingrun;drop/5/",
+        "/datasets/lineage/of/jobs.trainingrun/" + "9" * 65 + "/",
+    ):
+        assert client.get(url).status_code == 404, url

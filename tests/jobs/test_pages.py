@@ -344,3 +344,16 @@ def test_the_cluster_card_asks_the_scheduler_at_most_every_half_minute(
     monkeypatch.setattr(fake, "cluster_info", outage)
     page = client_as("operator").get("/")
     assert page.status_code == 200 and cluster_card(page.content.decode()) == ["not answering"]
+
+
+def test_the_run_page_leads_to_the_data_behind_the_run(run, client_as):
+    files = f"/datasets/lineage/of/jobs.trainingrun/{run.pk}/"
+    for role in ("operator", "auditor"):
+        client = client_as(role)
+        page = client.get(f"/jobs/runs/{run.pk}/").content.decode()
+        assert f'href="{files}"' in page and f'href="/datasets/{run.dataset_version_id}/"' in page
+        lineage = client.get(files).content.decode()
+        assert run.dataset_version.label in lineage and f'href="/jobs/runs/{run.pk}/"' in lineage
+    # Project managers read runs but not datasets: no links they could not follow.
+    page = client_as("project_manager").get(f"/jobs/runs/{run.pk}/").content.decode()
+    assert run.dataset_version.label in page and files not in page
