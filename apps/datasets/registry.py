@@ -19,9 +19,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-# What a consumer kind looks like ("<app>.<model>", lower case), checked wherever one arrives
-# from a URL or a query string.
+# What a consumer kind ("<app>.<model>", lower case) and a consumer's id (a primary key, or
+# a key such as "42-step-100") look like, checked wherever one arrives from a URL, a query
+# string or the command line.
 KIND_PATTERN = re.compile(r"[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*\Z")
+ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+from itertools import chain
 
 from django.contrib import messages
 from django.core.paginator import Paginator
@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from apps.core.access import roles
 from apps.core.htmx import is_htmx, render_page
-from apps.datasets import registry, services
+from apps.datasets import registry, reports, services
 from apps.datasets.access import BUILD, LABELS_READ, LABELS_WRITE, LINEAGE, READ, VERIFY
 from apps.datasets.filtersets import VersionFilterForm
 from apps.datasets.forms import AnnotationForm, BuildForm, LineageSearchForm
@@ -111,7 +111,7 @@ def version_lineage(request: HttpRequest, pk: int) -> HttpResponse:
 
 def _consumer_versions(kind: str, consumer_id: str) -> list[DatasetVersion]:
     """The versions a training run (or another consumer) read; 404 when it read none."""
-    if not registry.KIND_PATTERN.match(kind) or not 0 < len(consumer_id) <= 64:
+    if not registry.KIND_PATTERN.match(kind) or not registry.ID_PATTERN.match(consumer_id):
         raise Http404("no such consumer")
     versions = services.consumer_versions(kind, consumer_id)
     if not versions:
@@ -145,11 +145,6 @@ def consumer_lineage(request: HttpRequest, kind: str, consumer_id: str) -> HttpR
     )
 
 
-def _cell(text: str) -> str:
-    """A CSV cell a spreadsheet shows and never runs as a formula."""
-    return f"'{text}" if text[:1] in ("=", "+", "-", "@") else text
-
-
 class _Echo:
     """csv.writer's file: hands each row back instead of buffering it (streamed CSV)."""
 
@@ -164,42 +159,12 @@ def consumer_lineage_csv(request: HttpRequest, kind: str, consumer_id: str) -> H
     hold millions of files."""
     _consumer_versions(kind, consumer_id)
     writer = csv.writer(_Echo())
-    members = services.lineage_of_consumer(kind, consumer_id)
-
-    def rows() -> Iterator[str]:
-        yield writer.writerow(CONSUMER_CSV_HEADER)
-        for m in members.iterator(chunk_size=2000):
-            yield writer.writerow(
-                [
-                    m.version_id,
-                    _cell(m.version.label),
-                    _cell(m.sample_key),
-                    m.member,
-                    m.raw_file_id,
-                    m.raw_file.sha256,
-                    m.raw_file.source_id,
-                    m.raw_file.batch_id,
-                    m.run_id,
-                ]
-            )
-
-    response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
+    rows = (writer.writerow(row) for row in reports.consumer_rows(kind, consumer_id))
+    header = writer.writerow(reports.CONSUMER_HEADER)
+    response = StreamingHttpResponse(chain([header], rows), content_type="text/csv; charset=utf-8")
     name = f"{kind}-{consumer_id}".replace(".", "-")
     response["Content-Disposition"] = f'attachment; filename="files-behind-{name}.csv"'
     return response
-
-
-CONSUMER_CSV_HEADER = (
-    "version_id",
-    "version",
-    "sample_key",
-    "member",
-    "raw_file_id",
-    "raw_sha256",
-    "source_id",
-    "ingest_batch_id",
-    "deid_run_id",
-)
 
 
 @roles(*VERIFY)
@@ -272,14 +237,7 @@ def build(request: HttpRequest) -> HttpResponse:
 
 
 def _reports(form: LineageSearchForm) -> list[services.Reach]:
-    q, kind = form.cleaned_data["q"], form.cleaned_data.get("kind") or "auto"
-    reports: list[services.Reach] = []
-    if kind in ("auto", "raw"):
-        reports = [services.reach_of_raw_file(f) for f in services.find_raw_files(q)[:20]]
-    if kind == "patient" or (kind == "auto" and not reports):
-        reach = services.reach_of_patient(q)
-        reports = [reach] if reach.found else []
-    return reports
+    return reports.search(form.cleaned_data["q"], form.cleaned_data.get("kind") or "auto")
 
 
 @roles(*LINEAGE)
@@ -288,10 +246,8 @@ def lineage_search(request: HttpRequest) -> HttpResponse:
     """From a raw file (id or SHA-256) or a patient pseudonym to every version and consumer
     it reached: the consent-withdrawal report."""
     form = LineageSearchForm(request.GET or None)
-    reports = []
-    if form.is_bound and form.is_valid():
-        reports = _reports(form)
-    for report in reports:
+    found = _reports(form) if form.is_bound and form.is_valid() else []
+    for report in found:
         report.use_rows = [  # type: ignore[attr-defined]
             (
                 use,
@@ -304,22 +260,8 @@ def lineage_search(request: HttpRequest) -> HttpResponse:
         request,
         "datasets/lineage_search.html",
         "datasets/partials/reach.html",
-        {"form": form, "reports": reports, "searched": form.is_bound and form.is_valid()},
+        {"form": form, "reports": found, "searched": form.is_bound and form.is_valid()},
     )
-
-
-CSV_HEADER = (
-    "subject",
-    "row",
-    "version_id",
-    "version",
-    "sample_key",
-    "member",
-    "raw_file_id",
-    "deid_run_id",
-    "consumer_kind",
-    "consumer_id",
-)
 
 
 @roles(*LINEAGE)
@@ -332,40 +274,8 @@ def lineage_csv(request: HttpRequest) -> HttpResponse:
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = 'attachment; filename="data-reach.csv"'
     writer = csv.writer(response)
-    writer.writerow(CSV_HEADER)
-    for report in _reports(form):
-        for m in report.members.order_by("version_id", "sample_key", "raw_file_id"):
-            writer.writerow(
-                [
-                    report.subject,
-                    "file",
-                    m.version_id,
-                    m.version.label,
-                    m.sample_key,
-                    m.member,
-                    m.raw_file_id,
-                    m.run_id,
-                    "",
-                    "",
-                ]
-            )
-        for use in report.uses:
-            # Consumer ids come from other apps: keep spreadsheets from running them.
-            consumer_id = _cell(use.consumer_id)
-            writer.writerow(
-                [
-                    report.subject,
-                    "use",
-                    use.version_id,
-                    use.version.label,
-                    "",
-                    "",
-                    "",
-                    "",
-                    use.consumer_kind,
-                    consumer_id,
-                ]
-            )
+    writer.writerow(reports.REACH_HEADER)
+    writer.writerows(reports.reach_rows(_reports(form)))
     return response
 
 
