@@ -1,9 +1,10 @@
 // Live run page: state changes and the log tail over a WebSocket (no inline scripts: CSP).
 // The page works without it; a reload shows the same information.
 (() => {
+  const log = document.getElementById("run-log");
+  if (log) log.scrollTop = log.scrollHeight; // open at the newest line
   const root = document.querySelector("[data-run-ws]");
   if (!root || !("WebSocket" in window)) return;
-  const log = document.getElementById("run-log");
   const status = document.querySelector("[data-ws-status]");
   const stateEl = root.querySelector("[data-run-state]");
   const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";

@@ -93,3 +93,28 @@ def test_an_operator_launches_a_tiny_run_and_watches_it_complete(
     expect(page.locator("[data-testid=metrics]")).to_contain_text("training_loss")
     expect(page.locator("#run-loss-chart .main-svg").first).to_be_visible()
     expect(page.locator("#run-speed-chart .main-svg").first).to_be_visible()
+
+
+def test_a_long_log_stays_in_a_box_that_opens_at_the_newest_line(
+    cast, live_server, page: Page, fake, make_spec, run_tasks, monkeypatch
+):
+    """A day's log must not push the charts and checkpoints off the page: the tail sits in a
+    bounded box, scrolled to its last line."""
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    lines = "".join(f"step {i} loss 1.0\n" for i in range(1, 401))
+    monkeypatch.setattr(fake, "logs", lambda job_id, tail_bytes=65536: lines)
+    operator = cast["operator"]
+    run = services.launch_run(make_spec(), acting_user=operator)
+    run_tasks()
+    sign_in(page, live_server.url, operator, TOTPDevice.objects.get(user=operator))
+    page.goto(f"{live_server.url}/jobs/runs/{run.pk}/")
+    log = page.locator("[data-testid=log]")
+    expect(log).to_contain_text("step 400 loss")
+    box = log.evaluate("e => [e.clientHeight, e.scrollHeight, e.scrollTop]")
+    height, full, top = box
+    assert height < 500 < full, box  # bounded, and the log is longer than the box
+    assert top + height >= full - 4, box  # scrolled to the newest line
+    # The metrics come before the log, so an operator sees them first.
+    titles = page.locator("main h2").all_inner_texts()
+    assert titles.index("Latest metrics") < titles.index("Log (tail)"), titles
