@@ -286,10 +286,13 @@ class Command(BaseCommand):
         with tqdm(desc=label, unit=unit, unit_scale=scale, file=self.stdout._out) as bar:
             while time.monotonic() < deadline:
                 row = model.objects.get(pk=pk)
+                status = getattr(row, status_field)
                 if progress is not None:
                     bar.n, bar.total = progress(row)
+                    if bar.total and bar.n >= bar.total and status not in done:
+                        # The work is counted; the rest is the last write and the exit.
+                        bar.set_postfix_str("finishing", refresh=False)
                 bar.refresh()
-                status = getattr(row, status_field)
                 if status in done:
                     if status != ok:
                         why = getattr(row, "error", "") or getattr(row, "reason", "")
