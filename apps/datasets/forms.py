@@ -76,3 +76,21 @@ class LineageSearchForm(forms.Form):
         initial="auto",
         required=False,
     )
+
+
+class WithdrawalForm(forms.Form):
+    """A privacy officer records that a patient withdrew consent (services.withdraw_consent
+    checks the pseudonym and the case number)."""
+
+    pseudonym = forms.CharField(max_length=80, strip=True, widget=forms.HiddenInput)
+    reference = forms.CharField(
+        label=_("Case number"),
+        max_length=80,
+        required=False,
+        strip=True,
+        help_text=_("The withdrawal request's case or ticket number; never a name."),
+    )
+    confirm = forms.BooleanField(
+        label=_("The patient withdrew consent: leave their data out of every later version"),
+        required=True,
+    )

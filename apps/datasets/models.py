@@ -7,12 +7,14 @@ UPDATE of a finished row. :class:`DatasetMember` rows are the lineage: one per d
 file packed, pointing at its raw file, run and sample, indexed both ways.
 :class:`DatasetUse` is the hook by which training runs and checkpoints record that they read a
 version. :class:`AnnotationSet` rows are append-only label sets (seed 2.4).
+:class:`ConsentWithdrawal` rows keep a patient who withdrew consent out of every later build.
 """
 
 from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from apps.deid.models import DeidFileResult, DeidRun
@@ -135,6 +137,34 @@ class DatasetUse(models.Model):
 
     def __str__(self) -> str:
         return f"{self.consumer_kind}:{self.consumer_id} used {self.version_id}"
+
+
+class ConsentWithdrawal(models.Model):
+    """A patient (by pseudonym) withdrew consent: no version built afterwards packs any of
+    their files, whatever run or source they come from.
+
+    Versions built before stay as they are (immutable, and training runs may have read them);
+    the pages flag them and the lineage report lists who read them. Written only through
+    ``services.withdraw_consent``; append-only (the database refuses UPDATE, the application
+    has no delete path). ``reference`` is the request's case number, never free text.
+    """
+
+    patient_pseudonym = models.CharField(max_length=80, unique=True)
+    reference = models.CharField(max_length=80, blank=True)
+    recorded_at = models.DateTimeField(default=timezone.now)
+    recorded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+
+    class Meta:
+        ordering = ["-recorded_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"consent withdrawn: {self.patient_pseudonym}"
 
 
 class VerifyCheck(models.Model):

@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections import defaultdict
@@ -40,6 +41,7 @@ from apps.audit.services import record
 from apps.datasets import packing
 from apps.datasets.models import (
     AnnotationSet,
+    ConsentWithdrawal,
     DatasetMember,
     DatasetUse,
     DatasetVersion,
@@ -334,6 +336,25 @@ def _source_files(runs: list[DeidRun]) -> tuple[list[packing.SourceFile], dict[s
     return files, dict(skipped)
 
 
+def _without_withdrawn(
+    planned: list[packing.PlannedSample], skipped: dict[str, int]
+) -> list[packing.PlannedSample]:
+    """Drop every sample holding a file of a patient who withdrew consent, whole: its WFDB
+    signal files and any file without a pseudonym of its own go with it."""
+    # Withdrawals are few (a table of patients), the files many: read the table whole.
+    withdrawn = set(ConsentWithdrawal.objects.values_list("patient_pseudonym", flat=True))
+    if not withdrawn:
+        return planned
+    kept = []
+    for sample in planned:
+        files = sample.files
+        if any(f.patient_pseudonym in withdrawn for f in files):
+            skipped["consent_withdrawn"] = skipped.get("consent_withdrawn", 0) + len(files)
+        else:
+            kept.append(sample)
+    return kept
+
+
 def _output_path(result: DeidFileResult) -> Path:
     base = Path(result.run.output_root).resolve()
     path = (base / result.output_relpath).resolve()
@@ -407,6 +428,7 @@ def _write(
     planned, plan_skipped = packing.plan_samples(files)
     for reason, n in plan_skipped.items():
         skipped[reason] = skipped.get(reason, 0) + n
+    planned = _without_withdrawn(planned, skipped)
     if not planned:
         counts = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) or "no files"
         raise DatasetError(f"nothing to pack in runs {[r.pk for r in runs]} ({counts})")
@@ -828,6 +850,8 @@ class Reach:
     versions: list[VersionReach]
     uses: list[DatasetUse]
     members: QuerySet[DatasetMember] | None = None  # the lineage rows, for exports
+    patient: str = ""  # the pseudonym, when the report is a patient's
+    withdrawal: ConsentWithdrawal | None = None  # that patient's, once recorded
 
     @property
     def found(self) -> bool:
@@ -929,7 +953,14 @@ def reach_of_patient(pseudonym: str) -> Reach:
         set(members.values_list("raw_file_id", flat=True))
         | set(own.values_list("raw_file_id", flat=True))
     )
-    return _reach(f"patient {pseudonym}", members, raw_ids)
+    reach = _reach(f"patient {pseudonym}", members, raw_ids)
+    reach.patient = pseudonym
+    reach.withdrawal = (
+        ConsentWithdrawal.objects.select_related("recorded_by")
+        .filter(patient_pseudonym=pseudonym)
+        .first()
+    )
+    return reach
 
 
 def find_raw_files(query: str) -> QuerySet[RawFile]:
@@ -1010,6 +1041,68 @@ def record_dataset_use(
                 details={"consumer_kind": consumer_kind, "consumer_id": str(consumer_id)},
             )
     return use
+
+
+# --- consent withdrawal ----------------------------------------------------------------------
+
+# A case or ticket number ("DPO-2026-041"): never free text, which could carry a name.
+REFERENCE_PATTERN = re.compile(r"[A-Za-z0-9_.:/#-]{0,80}\Z")
+_ONE_LINE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def withdraw_consent(
+    pseudonym: str, *, reference: str, acting_user: User | None
+) -> tuple[ConsentWithdrawal, bool]:
+    """Record that a patient withdrew consent: no version built afterwards packs their files.
+
+    Refuses a pseudonym that no de-identified file carries (a typo would protect nobody) and
+    a reference that is not a case number. A second call returns the first row (``created``
+    False). The audit event's state holds the pseudonym and reference (hashed, like all
+    state); its details say which versions already hold the patient's data.
+    """
+    pseudonym, reference = (pseudonym or "").strip(), (reference or "").strip()
+    if not pseudonym or len(pseudonym) > 80 or _ONE_LINE.search(pseudonym):
+        raise DatasetError("a pseudonym is 1 to 80 characters on one line")
+    if not REFERENCE_PATTERN.match(reference):
+        raise DatasetError(
+            "the reference is a case number: letters, digits and - _ . : / #, at most 80"
+        )
+    if not (
+        DeidFileResult.objects.filter(patient_pseudonym=pseudonym).exists()
+        or DatasetMember.objects.filter(patient_pseudonym=pseudonym).exists()
+    ):
+        raise DatasetError(f"no de-identified file belongs to patient {pseudonym}")
+    with transaction.atomic():
+        row, created = ConsentWithdrawal.objects.get_or_create(
+            patient_pseudonym=pseudonym,
+            defaults={"reference": reference, "recorded_by": acting_user},
+        )
+        if created:
+            reach = reach_of_patient(pseudonym)
+            record(
+                "datasets.consent_withdrawn",
+                _resource(row),
+                actor=acting_user,
+                post={"patient_pseudonym": pseudonym, "reference": reference},
+                details={
+                    "versions_holding": [v.version.pk for v in reach.versions],
+                    "consumers_of_those": len(reach.uses),
+                },
+            )
+    return row, created
+
+
+def withdrawn_samples(version: DatasetVersion) -> int:
+    """How many of ``version``'s samples belong to patients who withdrew consent since."""
+    return (
+        DatasetMember.objects.filter(
+            version=version,
+            patient_pseudonym__in=ConsentWithdrawal.objects.values("patient_pseudonym"),
+        )
+        .values("sample_key")
+        .distinct()
+        .count()
+    )
 
 
 # --- annotation sets -------------------------------------------------------------------------

@@ -8,6 +8,7 @@ urlpatterns = [
     path("build/", views.build, name="build"),
     path("lineage/", views.lineage_search, name="lineage"),
     path("lineage.csv", views.lineage_csv, name="lineage_csv"),
+    path("lineage/withdraw/", views.consent_withdraw, name="withdraw"),
     path(
         "lineage/of/<str:kind>/<str:consumer_id>/", views.consumer_lineage, name="consumer_lineage"
     ),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from itertools import chain
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.core.paginator import Paginator
@@ -16,9 +17,17 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from apps.core.access import roles
 from apps.core.htmx import is_htmx, render_page
 from apps.datasets import registry, reports, services
-from apps.datasets.access import BUILD, LABELS_READ, LABELS_WRITE, LINEAGE, READ, VERIFY
+from apps.datasets.access import (
+    BUILD,
+    LABELS_READ,
+    LABELS_WRITE,
+    LINEAGE,
+    READ,
+    VERIFY,
+    WITHDRAW,
+)
 from apps.datasets.filtersets import VersionFilterForm
-from apps.datasets.forms import AnnotationForm, BuildForm, LineageSearchForm
+from apps.datasets.forms import AnnotationForm, BuildForm, LineageSearchForm, WithdrawalForm
 from apps.datasets.models import AnnotationSet, DatasetVersion
 
 PAGE_SIZE = 50
@@ -77,6 +86,7 @@ def version_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "check": version.checks.first(),
             "uses": uses,
             "label_sets": version.annotation_sets.select_related("author")[:10],
+            "withdrawn": services.withdrawn_samples(version) if version.is_ready else 0,
             "can_verify": _can(request, VERIFY),
             "can_cancel": _can(request, BUILD),
         },
@@ -260,8 +270,40 @@ def lineage_search(request: HttpRequest) -> HttpResponse:
         request,
         "datasets/lineage_search.html",
         "datasets/partials/reach.html",
-        {"form": form, "reports": found, "searched": form.is_bound and form.is_valid()},
+        {
+            "form": form,
+            "reports": found,
+            "searched": form.is_bound and form.is_valid(),
+            "can_withdraw": _can(request, WITHDRAW),
+        },
     )
+
+
+@roles(*WITHDRAW)
+@require_POST
+def consent_withdraw(request: HttpRequest) -> HttpResponse:
+    """Record a patient's consent withdrawal from their lineage report, then show it again."""
+    form = WithdrawalForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, _("Tick the confirmation to record a withdrawal."))
+        pseudonym = str(request.POST.get("pseudonym", ""))[:80]
+    else:
+        pseudonym = form.cleaned_data["pseudonym"]
+        try:
+            _row, created = services.withdraw_consent(
+                pseudonym, reference=form.cleaned_data["reference"], acting_user=request.user
+            )
+        except services.DatasetError as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(
+                request,
+                _("Consent withdrawal recorded: no later version packs this patient's data.")
+                if created
+                else _("This patient's withdrawal was already recorded."),
+            )
+    query = urlencode({"q": pseudonym, "kind": "patient"})
+    return redirect(f"{reverse('datasets:lineage')}?{query}")
 
 
 @roles(*LINEAGE)

@@ -37,6 +37,7 @@ from django.db import transaction
 from django.db.models import Count, Max
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from apps.audit.services import record
 from apps.jobs import checkpoints as ckpt
@@ -200,6 +201,24 @@ def check_run(spec: RunSpec) -> RunPlan:
     )
     if version is None:
         plan.error("dataset_version", "no such dataset version")
+    elif version.is_ready:
+        from apps.datasets.services import withdrawn_samples
+
+        # Training again on data whose patient withdrew consent is further processing: a new
+        # run is refused (runs already going may resume; the lineage report lists them).
+        withdrawn = withdrawn_samples(version)
+        if withdrawn:
+            plan.error(
+                "dataset_version",
+                ngettext(
+                    "%(n)d sample of %(version)s belongs to a patient who withdrew consent "
+                    "after it was built; build a new version, which leaves it out",
+                    "%(n)d samples of %(version)s belong to patients who withdrew consent "
+                    "after it was built; build a new version, which leaves them out",
+                    withdrawn,
+                )
+                % {"n": withdrawn, "version": version.label},
+            )
     if spec.scheduler and spec.scheduler not in SCHEDULER_NAMES:
         plan.error("scheduler", f"{spec.scheduler!r} is not one of {', '.join(SCHEDULER_NAMES)}")
     return plan

@@ -1,0 +1,154 @@
+"""A patient withdraws consent: recorded by a privacy officer, never packed again, old
+versions flagged, new training runs on them refused."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import DatabaseError, transaction
+
+from apps.audit.models import AuditEvent
+from apps.datasets import services
+from apps.datasets.models import ConsentWithdrawal, DatasetMember
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_withdrawal_is_recorded_once_and_audited_without_the_pseudonym(built, user_of):
+    officer = user_of("privacy_officer")
+    row, created = services.withdraw_consent(
+        "P-BBBB", reference="DPO-2026-041", acting_user=officer
+    )
+    assert created and row.reference == "DPO-2026-041" and row.recorded_by == officer
+    again, created = services.withdraw_consent("P-BBBB", reference="", acting_user=officer)
+    assert not created and again.pk == row.pk
+    events = AuditEvent.objects.filter(action="datasets.consent_withdrawn")
+    assert events.count() == 1
+    event = events.get()
+    assert event.details["versions_holding"] == [built.pk]
+    assert "P-BBBB" not in str(event.details) and "DPO" not in str(event.details)
+
+
+@pytest.mark.parametrize(
+    ("pseudonym", "reference", "message"),
+    [
+        ("P-NOBODY", "", "no de-identified file belongs to patient P-NOBODY"),
+        ("P-BBBB", "Zhang San", "the reference is a case number"),
+        ("P-BBBB", "x" * 81, "the reference is a case number"),
+        ("P-BB\nBB", "", "1 to 80 characters on one line"),
+        ("", "", "1 to 80 characters on one line"),
+    ],
+)
+def test_a_withdrawal_refuses_an_unknown_patient_and_free_text(
+    world, pseudonym, reference, message
+):
+    with pytest.raises(services.DatasetError, match=message):
+        services.withdraw_consent(pseudonym, reference=reference, acting_user=None)
+    assert not ConsentWithdrawal.objects.exists()
+
+
+def test_the_database_refuses_to_rewrite_a_withdrawal(world):
+    row, _ = services.withdraw_consent("P-CCCC", reference="", acting_user=None)
+    with pytest.raises(DatabaseError), transaction.atomic():
+        ConsentWithdrawal.objects.filter(pk=row.pk).update(patient_pseudonym="P-AAAA")
+
+
+def test_no_later_version_packs_a_withdrawn_patient_signal_files_included(built, world):
+    services.withdraw_consent("P-BBBB", reference="", acting_user=None)
+    later = services.build_version("after", [world.run], target_shard_mb=1, acting_user=None)
+    assert later.status == "ready"
+    packed = set(DatasetMember.objects.filter(version=later).values_list("raw_file_id", flat=True))
+    patient_b = {raw.pk for key, raw in world.raws.items() if key.startswith("b_")}
+    assert not packed & patient_b  # b_dat has no pseudonym of its own: it goes with its sample
+    assert {world.raws[k].pk for k in ("a_ct1", "a_ecg", "c_note")} <= packed
+    # Two MR slices, the report, the WFDB header and its signal file.
+    assert later.skipped["consent_withdrawn"] == 5
+    # The version built before keeps its files, and says how many samples are affected.
+    assert services.withdrawn_samples(built) == 1
+    assert services.withdrawn_samples(later) == 0
+
+
+def test_a_version_of_only_withdrawn_patients_is_refused_with_the_reason(world):
+    for patient in ("P-AAAA", "P-BBBB", "P-CCCC"):
+        services.withdraw_consent(patient, reference="", acting_user=None)
+    version = services.build_version("none", [world.run], target_shard_mb=1, acting_user=None)
+    assert version.status == "failed" and "consent_withdrawn" in version.error
+
+
+def test_a_new_training_run_on_a_version_holding_withdrawn_data_is_refused(built):
+    from apps.jobs import services as jobs
+    from apps.jobs.validation import cpu_trial
+
+    spec = cpu_trial("after-withdrawal", built.pk)
+    assert not any("withdrew consent" in e for e in _errors(jobs.check_run(spec)))
+    services.withdraw_consent("P-AAAA", reference="", acting_user=None)
+    errors = _errors(jobs.check_run(spec))
+    assert any("1 sample of ct-demo v1 belongs to a patient who withdrew" in e for e in errors)
+
+
+def _errors(plan):
+    return [str(message) for messages in plan.errors.values() for message in messages]
+
+
+def test_a_privacy_officer_records_a_withdrawal_from_the_patient_report(built, as_role):
+    client = as_role("privacy_officer")
+    report = "/datasets/lineage/?q=P-BBBB&kind=patient"
+    page = client.get(report).content.decode()
+    assert 'data-testid="withdraw-form"' in page and 'value="P-BBBB"' in page
+    # Without the confirmation nothing is recorded.
+    response = client.post("/datasets/lineage/withdraw/", {"pseudonym": "P-BBBB"}, follow=True)
+    assert "Tick the confirmation" in response.content.decode()
+    assert not ConsentWithdrawal.objects.exists()
+    response = client.post(
+        "/datasets/lineage/withdraw/",
+        {"pseudonym": "P-BBBB", "reference": "DPO-7", "confirm": "on"},
+        follow=True,
+    )
+    page = response.content.decode()
+    assert response.redirect_chain[-1][0] == "/datasets/lineage/?q=P-BBBB&kind=patient"
+    assert 'data-testid="withdrawn"' in page and "case DPO-7" in page
+    assert 'data-testid="withdraw-form"' not in page
+    assert ConsentWithdrawal.objects.get().patient_pseudonym == "P-BBBB"
+    # A hostile reference is refused with the reason, and nothing else is recorded.
+    response = client.post(
+        "/datasets/lineage/withdraw/",
+        {"pseudonym": "P-CCCC", "reference": "<script>", "confirm": "on"},
+        follow=True,
+    )
+    assert "the reference is a case number" in response.content.decode()
+    assert ConsentWithdrawal.objects.count() == 1
+
+
+@pytest.mark.parametrize("role", ["data_steward", "auditor", "operator", "admin"])
+def test_only_privacy_officers_record_withdrawals(built, as_role, role):
+    client = as_role(role)
+    page = client.get("/datasets/lineage/?q=P-BBBB&kind=patient").content.decode()
+    assert 'data-testid="withdraw-form"' not in page
+    response = client.post(
+        "/datasets/lineage/withdraw/", {"pseudonym": "P-BBBB", "confirm": "on"}
+    )
+    assert response.status_code == 403
+    assert not ConsentWithdrawal.objects.exists()
+
+
+def test_a_version_page_flags_samples_whose_patient_withdrew(built, as_role):
+    url = f"/datasets/{built.pk}/"
+    assert 'data-testid="withdrawn-samples"' not in as_role("operator").get(url).content.decode()
+    services.withdraw_consent("P-AAAA", reference="", acting_user=None)
+    page = as_role("operator").get(url).content.decode()
+    assert 'data-testid="withdrawn-samples"' in page
+    assert "1 sample of this version belongs to a patient who withdrew consent" in page
+
+
+def test_withdraw_consent_from_the_command_line(built):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    out = StringIO()
+    call_command("withdraw_consent", "P-BBBB", "--reference", "DPO-9", stdout=out)
+    text = out.getvalue()
+    assert "patient P-BBBB: consent withdrawal recorded at" in text
+    assert f"patient P-BBBB: ct-demo v1 (id {built.pk}): 5 files in 1 sample" in text
+    assert ConsentWithdrawal.objects.get().reference == "DPO-9"
+    with pytest.raises(CommandError, match="no de-identified file belongs to patient P-NONE"):
+        call_command("withdraw_consent", "P-NONE", stdout=StringIO())
