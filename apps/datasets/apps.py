@@ -24,4 +24,11 @@ class DatasetsConfig(AppConfig):
             order=400,
             summary=services.overview,
         )
-        navigation.register("lineage", _("Lineage"), "datasets:lineage", set(LINEAGE), order=410)
+        navigation.register(
+            "lineage",
+            _("Lineage"),
+            "datasets:lineage",
+            set(LINEAGE),
+            order=410,
+            summary=services.lineage_overview,
+        )

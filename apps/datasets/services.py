@@ -1270,3 +1270,18 @@ def overview() -> list[tuple[str, Any]]:
         (_("versions ready"), counts.get(DatasetVersion.Status.READY, 0)),
         (_("building"), counts.get(DatasetVersion.Status.BUILDING, 0)),
     ]
+
+
+def lineage_overview() -> list[tuple[str, Any]]:
+    """The lineage card on the overview page: consent withdrawals and what they touch."""
+    withdrawn = ConsentWithdrawal.objects.values("patient_pseudonym")
+    return [
+        (_("consent withdrawals"), ConsentWithdrawal.objects.count()),
+        (
+            _("versions holding withdrawn data"),
+            DatasetMember.objects.filter(patient_pseudonym__in=withdrawn)
+            .values("version_id")
+            .distinct()
+            .count(),
+        ),
+    ]

@@ -123,9 +123,7 @@ def test_only_privacy_officers_record_withdrawals(built, as_role, role):
     client = as_role(role)
     page = client.get("/datasets/lineage/?q=P-BBBB&kind=patient").content.decode()
     assert 'data-testid="withdraw-form"' not in page
-    response = client.post(
-        "/datasets/lineage/withdraw/", {"pseudonym": "P-BBBB", "confirm": "on"}
-    )
+    response = client.post("/datasets/lineage/withdraw/", {"pseudonym": "P-BBBB", "confirm": "on"})
     assert response.status_code == 403
     assert not ConsentWithdrawal.objects.exists()
 
@@ -152,3 +150,12 @@ def test_withdraw_consent_from_the_command_line(built):
     assert ConsentWithdrawal.objects.get().reference == "DPO-9"
     with pytest.raises(CommandError, match="no de-identified file belongs to patient P-NONE"):
         call_command("withdraw_consent", "P-NONE", stdout=StringIO())
+
+
+def test_the_overview_counts_withdrawals_and_the_versions_they_touch(built, as_role):
+    from tests.core.test_overview import cards
+
+    client = as_role("privacy_officer")
+    assert cards(client.get("/").content.decode())["lineage"] == ["0", "0"]
+    services.withdraw_consent("P-AAAA", reference="", acting_user=None)
+    assert cards(client.get("/").content.decode())["lineage"] == ["1", "1"]
