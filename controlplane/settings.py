@@ -225,6 +225,13 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Control plane for private multimodal medical-model pretraining.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Choice sets drf-spectacular cannot name from a field alone (one set under several field
+    # names, or one field name over several sets); it would add hash suffixes and warn.
+    "ENUM_NAME_OVERRIDES": {
+        "WorkStatusEnum": "apps.core.models.WorkStatus",  # a scan's and a de-id run's status
+        # A QA check's result, a verdict's decision and a review item's outcome.
+        "PassFailEnum": "apps.inventory.models.QAResult",
+    },
 }
 
 # --- Celery ---------------------------------------------------------------------------------

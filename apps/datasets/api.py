@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
@@ -128,6 +130,24 @@ class UseSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class VersionReachSerializer(serializers.Serializer):
+    """One version holding the data: how many of its files, and the affected sample keys."""
+
+    id = serializers.IntegerField(source="version.pk")
+    label = serializers.CharField(source="version.label")
+    files = serializers.IntegerField()
+    samples = serializers.ListField(child=serializers.CharField())
+
+
+class ReachSerializer(serializers.Serializer):
+    """Where some raw data went (``services.Reach``): the consent-withdrawal report."""
+
+    subject = serializers.CharField()
+    raw_files = serializers.ListField(child=serializers.IntegerField(), source="raw_file_ids")
+    versions = VersionReachSerializer(many=True)
+    uses = UseSerializer(many=True)
+
+
 class AnnotationSetSerializer(serializers.ModelSerializer):
     class Meta:
         model = AnnotationSet
@@ -217,18 +237,6 @@ class DatasetVersionViewSet(
         return self.get_paginated_response(MemberSerializer(page, many=True).data)
 
 
-def _reach_data(reach: services.Reach) -> dict[str, Any]:
-    return {
-        "subject": reach.subject,
-        "raw_files": reach.raw_file_ids,
-        "versions": [
-            {"id": r.version.pk, "label": r.version.label, "files": r.files, "samples": r.samples}
-            for r in reach.versions
-        ],
-        "uses": UseSerializer(reach.uses, many=True).data,
-    }
-
-
 def _of_version(view: viewsets.GenericViewSet, qs: Any) -> Any:
     """A list narrowed by ``?version=<id>``."""
     version = view.request.query_params.get("version")
@@ -255,6 +263,18 @@ class LineageViewSet(viewsets.ViewSet):
 
     allowed_roles = set(LINEAGE)
 
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("id", OpenApiTypes.INT, description="a raw file id"),
+            OpenApiParameter(
+                "sha256", OpenApiTypes.STR, description="a raw file's SHA-256 (when no id)"
+            ),
+        ],
+        responses={
+            200: ReachSerializer(many=True),
+            404: OpenApiResponse(description="no such raw file"),
+        },
+    )
     @action(detail=False, methods=["get"], url_path="raw-file")
     def raw_file(self, request: Request) -> Response:
         params = request.query_params
@@ -267,14 +287,23 @@ class LineageViewSet(viewsets.ViewSet):
         files = list(files[:20])
         if not files:
             return Response({"detail": "no such raw file"}, status=status.HTTP_404_NOT_FOUND)
-        return Response([_reach_data(services.reach_of_raw_file(f)) for f in files])
+        reaches = [services.reach_of_raw_file(f) for f in files]
+        return Response(ReachSerializer(reaches, many=True).data)
 
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "pseudonym", OpenApiTypes.STR, required=True, description="a patient pseudonym"
+            )
+        ],
+        responses=ReachSerializer,
+    )
     @action(detail=False, methods=["get"])
     def patient(self, request: Request) -> Response:
         pseudonym = request.query_params.get("pseudonym", "").strip()
         if not pseudonym or len(pseudonym) > 80:
             raise ValidationError({"detail": "give ?pseudonym=<patient pseudonym>"})
-        return Response(_reach_data(services.reach_of_patient(pseudonym)))
+        return Response(ReachSerializer(services.reach_of_patient(pseudonym)).data)
 
 
 class ConsumerLineageViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -205,11 +206,15 @@ class RawFileViewSet(FilteredMixin, viewsets.ReadOnlyModelViewSet):
     allowed_roles = set(FILES)
     action_roles = {"exclude": set(WRITE), "include": set(WRITE)}
     serializer_class = RawFileSerializer
+    # The model for the schema (a typed ``{id}``) without a query; it grants no rows, which
+    # come only from files_for().
+    queryset = RawFile.objects.none()
     filter_form = RawFileFilterForm
 
     def get_queryset(self) -> Any:
         return files_for(self.request).order_by("id")
 
+    @extend_schema(request=ExcludeSerializer, responses=RawFileSerializer)
     @action(detail=True, methods=["post"], serializer_class=ExcludeSerializer)
     def exclude(self, request: Request, pk: str | None = None) -> Response:
         raw = self.get_object()
@@ -224,6 +229,7 @@ class RawFileViewSet(FilteredMixin, viewsets.ReadOnlyModelViewSet):
         raw.refresh_from_db()
         return Response(RawFileSerializer(raw).data)
 
+    @extend_schema(request=None, responses=RawFileSerializer)
     @action(detail=True, methods=["post"], serializer_class=serializers.Serializer)
     def include(self, request: Request, pk: str | None = None) -> Response:
         raw = self.get_object()
@@ -258,6 +264,7 @@ class QACheckResultViewSet(FilteredMixin, viewsets.ReadOnlyModelViewSet):
 
     allowed_roles = set(FILES)
     serializer_class = QACheckResultSerializer
+    queryset = QACheckResult.objects.none()  # the model for the schema, as on RawFileViewSet
     filter_form = QAResultFilterForm
 
     def get_queryset(self) -> Any:

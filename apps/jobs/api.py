@@ -3,9 +3,9 @@ cluster. Viewsets only declare; every write calls a service (STYLE.md 8)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -140,9 +140,9 @@ class RunSpecSerializer(serializers.Serializer):
     partition = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
     account = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
     qos = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
-    launcher = serializers.ChoiceField(choices=TrainingRun.Launcher.values, default="direct")
+    launcher = serializers.ChoiceField(choices=TrainingRun.Launcher.choices, default="direct")
     resume_policy = serializers.ChoiceField(
-        choices=TrainingRun.ResumePolicy.values, default="latest"
+        choices=TrainingRun.ResumePolicy.choices, default="latest"
     )
     max_auto_requeues = serializers.IntegerField(min_value=0, max_value=100, default=3)
     scheduler = serializers.ChoiceField(
@@ -254,18 +254,58 @@ class AttemptViewSet(viewsets.ReadOnlyModelViewSet):
         return qs
 
 
+class PartitionSerializer(serializers.Serializer):
+    """A scheduler's ``PartitionInfo``; ``max_time`` in minutes, null when unlimited."""
+
+    name = serializers.CharField()
+    state = serializers.CharField()
+    nodes = serializers.ListField(child=serializers.CharField())
+    default = serializers.BooleanField()
+    max_time = serializers.IntegerField(allow_null=True)
+
+
+class NodeSerializer(serializers.Serializer):
+    """A scheduler's ``NodeInfo``; memory in MB, ``state`` Slurm's word with flags after '+'."""
+
+    name = serializers.CharField()
+    state = serializers.CharField()
+    cpus = serializers.IntegerField()
+    alloc_cpus = serializers.IntegerField()
+    memory_mb = serializers.IntegerField()
+    alloc_memory_mb = serializers.IntegerField()
+    gpus = serializers.IntegerField()
+    alloc_gpus = serializers.IntegerField()
+    partitions = serializers.ListField(child=serializers.CharField())
+    reason = serializers.CharField()
+
+
+class ClusterSerializer(serializers.Serializer):
+    """A scheduler's ``ClusterInfo`` with its GPU totals."""
+
+    cluster = serializers.CharField()
+    partitions = PartitionSerializer(many=True)
+    nodes = NodeSerializer(many=True)
+    total_gpus = serializers.IntegerField()
+    free_gpus = serializers.IntegerField()
+
+
 class ClusterViewSet(viewsets.ViewSet):
     """Partitions, nodes and GPUs of the configured scheduler (503 when it is unreachable)."""
 
     allowed_roles = READ_ROLES
 
+    @extend_schema(
+        responses={
+            200: ClusterSerializer,
+            503: OpenApiResponse(description="the scheduler is not answering"),
+        }
+    )
     def list(self, request: Request) -> Response:
         try:
             info = services.cluster_info()
         except SchedulerError as exc:
             return Response({"detail": exc.message}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
-        body = asdict(info) | {"total_gpus": info.total_gpus, "free_gpus": info.free_gpus}
-        return Response(body)
+        return Response(ClusterSerializer(info).data)
 
 
 routes = [

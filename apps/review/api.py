@@ -176,8 +176,11 @@ class VerdictSerializer(serializers.ModelSerializer):
 
 class NewVerdictSerializer(serializers.Serializer):
     item = serializers.IntegerField()
-    decision = serializers.ChoiceField(choices=Verdict.Decision.values)
-    category = serializers.ChoiceField(choices=["", *Category.values], required=False, default="")
+    # The models' choices (labels too), so the schema names each choice set once.
+    decision = serializers.ChoiceField(choices=Verdict.Decision.choices)
+    category = serializers.ChoiceField(
+        choices=Category.choices, allow_blank=True, required=False, default=""
+    )
     region = serializers.JSONField(required=False, allow_null=True, default=None)
 
 
@@ -187,13 +190,14 @@ class VerdictViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
 
     allowed_roles = READERS
     action_roles = {"create": {CLINICIAN}}
+    queryset = Verdict.objects.order_by("-created")
     serializer_class = VerdictSerializer
 
     def get_serializer_class(self) -> Any:
         return NewVerdictSerializer if self.action == "create" else VerdictSerializer
 
     def get_queryset(self) -> Any:
-        qs = Verdict.objects.order_by("-created")
+        qs = super().get_queryset()
         if not roles_of(self.request.user, self.request.auth) & (RELEASERS | {AUDITOR}):
             qs = qs.filter(reviewer_id=self.request.user.pk)
         batch = self.request.query_params.get("batch")
@@ -257,7 +261,7 @@ class FindingViewSet(viewsets.ReadOnlyModelViewSet):
 
 class ResolutionSerializer(serializers.Serializer):
     finding = serializers.IntegerField()
-    resolution = serializers.ChoiceField(choices=Finding.Resolution.values)
+    resolution = serializers.ChoiceField(choices=Finding.Resolution.choices)
     scope = serializers.ChoiceField(choices=["item", "stratum"], default="item")
 
 
