@@ -10,6 +10,8 @@ Routes (registered by controlplane/api.py):
   ``/api/datasets/lineage/patient/?pseudonym=``: every version and consumer the data reached.
 - ``/api/datasets/consumer-lineage/?kind=jobs.trainingrun&id=<run id>``: every raw file behind
   a training run (across the versions it read), paginated.
+- ``/api/datasets/withdrawals/``: patients who withdrew consent; create (privacy officers)
+  records one (201, or 200 when already recorded).
 - ``/api/datasets/annotations/``: list (``?version=``), retrieve, create (multipart upload).
 """
 
@@ -18,7 +20,12 @@ from __future__ import annotations
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
@@ -27,10 +34,19 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apps.datasets import registry, services
-from apps.datasets.access import BUILD, LABELS_READ, LABELS_WRITE, LINEAGE, READ, VERIFY
+from apps.datasets.access import (
+    BUILD,
+    LABELS_READ,
+    LABELS_WRITE,
+    LINEAGE,
+    READ,
+    VERIFY,
+    WITHDRAW,
+)
 from apps.datasets.filtersets import VersionFilterForm
 from apps.datasets.models import (
     AnnotationSet,
+    ConsentWithdrawal,
     DatasetMember,
     DatasetUse,
     DatasetVersion,
@@ -306,6 +322,23 @@ class LineageViewSet(viewsets.ViewSet):
         return Response(ReachSerializer(services.reach_of_patient(pseudonym)).data)
 
 
+@extend_schema_view(
+    list=extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "kind", OpenApiTypes.STR, required=True, description="e.g. jobs.trainingrun"
+            ),
+            OpenApiParameter(
+                "id", OpenApiTypes.STR, required=True, description="the consumer's id"
+            ),
+        ],
+        responses={
+            200: MemberSerializer(many=True),
+            400: OpenApiResponse(description="kind or id malformed"),
+            404: OpenApiResponse(description="it read no dataset version"),
+        },
+    )
+)
 class ConsumerLineageViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     """Every raw file behind a training run (or another consumer of dataset versions):
     ``?kind=jobs.trainingrun&id=<run id>``, paginated; 404 when it read no version."""
@@ -316,7 +349,7 @@ class ConsumerLineageViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     def _consumer(self) -> tuple[str, str]:
         kind = self.request.query_params.get("kind", "")
         consumer_id = self.request.query_params.get("id", "")
-        if not registry.KIND_PATTERN.match(kind) or not 0 < len(consumer_id) <= 64:
+        if not registry.KIND_PATTERN.match(kind) or not registry.ID_PATTERN.match(consumer_id):
             raise ValidationError({"detail": "give ?kind=<app.model>&id=<consumer id>"})
         return kind, consumer_id
 
@@ -327,6 +360,59 @@ class ConsumerLineageViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         if not services.versions_used_by(*self._consumer()).exists():
             raise NotFound("no dataset version was read by this consumer")
         return super().list(request, *args, **kwargs)
+
+
+class WithdrawalSerializer(serializers.ModelSerializer):
+    recorded_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = ConsentWithdrawal
+        fields = ["id", "patient_pseudonym", "reference", "recorded_at", "recorded_by"]
+        read_only_fields = fields
+
+
+class WithdrawalRequestSerializer(serializers.Serializer):
+    patient_pseudonym = serializers.CharField(max_length=80)
+    reference = serializers.CharField(max_length=80, required=False, allow_blank=True, default="")
+
+
+class ConsentWithdrawalViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Patients who withdrew consent (docs/datasets.md "Consent withdrawal"): read by those
+    who read lineage; recorded only by privacy officers. Append-only: no update or delete."""
+
+    allowed_roles = set(LINEAGE)
+    action_roles = {"create": set(WITHDRAW)}
+    serializer_class = WithdrawalSerializer
+    queryset = ConsentWithdrawal.objects.select_related("recorded_by")
+
+    @extend_schema(
+        request=WithdrawalRequestSerializer,
+        responses={
+            201: WithdrawalSerializer,
+            200: OpenApiResponse(WithdrawalSerializer, description="already recorded"),
+            400: OpenApiResponse(description="unknown pseudonym or not a case number"),
+        },
+    )
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        data = WithdrawalRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            row, created = services.withdraw_consent(
+                data.validated_data["patient_pseudonym"],
+                reference=data.validated_data["reference"],
+                acting_user=request.user,
+            )
+        except services.DatasetError as exc:
+            raise ValidationError({"detail": str(exc)}) from None
+        return Response(
+            WithdrawalSerializer(row).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
 
 
 class AnnotationSetViewSet(
@@ -373,4 +459,5 @@ routes = [
     ("datasets/lineage", LineageViewSet, "datasetlineage"),
     ("datasets/consumer-lineage", ConsumerLineageViewSet, "datasetconsumerlineage"),
     ("datasets/annotations", AnnotationSetViewSet, "annotationset"),
+    ("datasets/withdrawals", ConsentWithdrawalViewSet, "consentwithdrawal"),
 ]

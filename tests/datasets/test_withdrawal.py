@@ -159,3 +159,29 @@ def test_the_overview_counts_withdrawals_and_the_versions_they_touch(built, as_r
     assert cards(client.get("/").content.decode())["lineage"] == ["0", "0"]
     services.withdraw_consent("P-AAAA", reference="", acting_user=None)
     assert cards(client.get("/").content.decode())["lineage"] == ["1", "1"]
+
+
+def test_the_withdrawals_api_records_once_and_only_for_privacy_officers(built, as_role):
+    url = "/api/datasets/withdrawals/"
+    body = {"patient_pseudonym": "P-CCCC", "reference": "DPO-12"}
+    for role in ("data_steward", "operator", "auditor"):
+        assert as_role(role).post(url, body, content_type="application/json").status_code == 403
+    officer = as_role("privacy_officer")
+    created = officer.post(url, body, content_type="application/json")
+    assert created.status_code == 201, created.content
+    assert created.json()["patient_pseudonym"] == "P-CCCC"
+    assert created.json()["recorded_by"].endswith("privacy_officer")
+    again = officer.post(url, body, content_type="application/json")
+    assert again.status_code == 200 and again.json()["id"] == created.json()["id"]
+    bad = officer.post(
+        url, {"patient_pseudonym": "P-AAAA", "reference": "Li Si"}, content_type="application/json"
+    )
+    assert bad.status_code == 400 and "case number" in bad.json()["detail"]
+    listed = as_role("auditor").get(url).json()
+    assert [w["patient_pseudonym"] for w in listed["results"]] == ["P-CCCC"]
+    assert as_role("operator").get(url).status_code == 403
+    row = f"{url}{created.json()['id']}/"
+    assert (
+        officer.patch(row, {"reference": "x"}, content_type="application/json").status_code == 405
+    )
+    assert officer.delete(row).status_code == 405
