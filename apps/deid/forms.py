@@ -118,3 +118,21 @@ class RevealForm(forms.Form):
             "incident number). Recorded with your name; the audit trail keeps its hash."
         ),
     )
+
+
+class LookupForm(forms.Form):
+    """A hospital patient ID and why its pseudonym is needed (kept in the reveal log)."""
+
+    patient_id = forms.CharField(
+        label=_("Patient ID"),
+        max_length=64,
+        widget=forms.TextInput(attrs={"autocomplete": "off", "class": "mono"}),
+        help_text=_("As in the hospital's systems and the DICOM Patient ID. Stored nowhere."),
+    )
+    reason = forms.CharField(
+        label=_("Reason"),
+        min_length=services.REVEAL_REASON_MIN_LENGTH,
+        max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text=_("For example the consent-withdrawal request's case number."),
+    )

@@ -1178,6 +1178,52 @@ def reveal_pseudonym(
     return original
 
 
+def pseudonym_of_patient_id(patient_id: str, *, reason: str, acting_user: User) -> tuple[str, bool]:
+    """The pseudonym the project key gives a hospital patient ID (the DICOM Patient ID every
+    file of a patient is keyed on), for a consent withdrawal or an access request.
+
+    Linking an identity to its pseudonym is as sensitive as re-identifying one: privacy
+    officers only, with a reason; every lookup gets a :class:`RevealLog` row and the audit
+    event ``deid.pseudonym_looked_up`` with the pseudonym's and the reason's hashes. The
+    patient ID is stored nowhere, hashed or not (a hospital ID is short enough to guess from
+    its hash). Returns the pseudonym and whether any de-identified file carries it.
+    """
+    if PRIVACY not in roles_of(acting_user):
+        raise PermissionDenied(_("only privacy officers may look up pseudonyms"))
+    reason = (reason or "").strip()
+    if len(reason) < REVEAL_REASON_MIN_LENGTH:
+        raise ValidationError(
+            _("state a reason of at least %(n)s characters") % {"n": REVEAL_REASON_MIN_LENGTH},
+            code="reason_too_short",
+        )
+    patient_id = (patient_id or "").strip()
+    # DICOM's Patient ID is an LO: at most 64 characters, one line.
+    if not patient_id or len(patient_id) > 64 or re.search(r"[\x00-\x1f\x7f]", patient_id):
+        raise ValidationError(_("a patient ID is 1 to 64 characters on one line"), code="bad_id")
+    pseudonym = config.project_key().pseudonym(patient_id)
+    found = DeidFileResult.objects.filter(patient_pseudonym=pseudonym).exists()
+    digest = hashlib.sha256(pseudonym.encode()).hexdigest()
+    with transaction.atomic():
+        log = RevealLog.objects.create(
+            actor_id=acting_user.pk,
+            pseudonym_sha256=digest,
+            kind="patient_id_lookup",
+            reason=reason,
+            found=found,
+        )
+        record(
+            "deid.pseudonym_looked_up",
+            f"deid.reveallog:{log.pk}",
+            actor=acting_user,
+            details={
+                "pseudonym_sha256": digest,
+                "found": found,
+                "reason_sha256": hashlib.sha256(reason.encode()).hexdigest(),
+            },
+        )
+    return pseudonym, found
+
+
 # --- read helpers shared by pages and API ------------------------------------------------------
 
 

@@ -16,4 +16,5 @@ urlpatterns = [
     path("profiles/new/", views.profile_new, name="profile_new"),
     path("profiles/<int:pk>/", views.profile_detail, name="profile"),
     path("reveal/", views.reveal, name="reveal"),
+    path("reveal/lookup/", views.lookup, name="lookup"),
 ]

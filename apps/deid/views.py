@@ -26,7 +26,7 @@ from apps.core.roles import AUDITOR, PRIVACY, STEWARD
 from apps.deid import services
 from apps.deid.engine import DeidProfile
 from apps.deid.filtersets import ResultFilterForm
-from apps.deid.forms import ProfileForm, RevealForm, StartRunForm
+from apps.deid.forms import LookupForm, ProfileForm, RevealForm, StartRunForm
 from apps.deid.models import DeidFileResult, DeidRun, ProfileVersion
 
 # Who may look at runs, and who may change them (start, cancel, resume, retry).
@@ -282,12 +282,46 @@ def reveal(request: HttpRequest) -> HttpResponse:
         "deid/reveal.html",
         {
             "form": RevealForm() if original is not None else form,
+            "lookup_form": LookupForm(prefix="lookup"),
             "original": original,
             "pseudonym": form.cleaned_data.get("pseudonym", "").upper()
             if original is not None
             else "",
         },
         status=status,
+    )
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@roles(PRIVACY)
+@require_POST
+@never_cache
+def lookup(request: HttpRequest) -> HttpResponse:
+    """The pseudonym of a hospital patient ID (for a consent withdrawal): privacy officers,
+    with a reason; audited like a re-identification. The ID is posted, never in a URL."""
+    form = LookupForm(request.POST, prefix="lookup")
+    result = None
+    if form.is_valid():
+        try:
+            pseudonym, found = services.pseudonym_of_patient_id(
+                form.cleaned_data["patient_id"],
+                reason=form.cleaned_data["reason"],
+                acting_user=request.user,
+            )
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            result = {"pseudonym": pseudonym, "found": found}
+    response = render(
+        request,
+        "deid/reveal.html",
+        {
+            "form": RevealForm(),
+            "lookup_form": LookupForm(prefix="lookup") if result else form,
+            "lookup": result,
+        },
+        status=200 if result else 400,
     )
     response["Cache-Control"] = "no-store"
     return response
