@@ -852,6 +852,9 @@ class Reach:
     members: QuerySet[DatasetMember] | None = None  # the lineage rows, for exports
     patient: str = ""  # the pseudonym, when the report is a patient's
     withdrawal: ConsentWithdrawal | None = None  # that patient's, once recorded
+    # Packed files whose sample names no patient (no study, no patient ID in the file): no
+    # patient search can reach them, so a withdrawal says how many there are.
+    unlinked_files: int = 0
 
     @property
     def found(self) -> bool:
@@ -955,6 +958,7 @@ def reach_of_patient(pseudonym: str) -> Reach:
     )
     reach = _reach(f"patient {pseudonym}", members, raw_ids)
     reach.patient = pseudonym
+    reach.unlinked_files = DatasetMember.objects.filter(patient_pseudonym="").count()
     reach.withdrawal = (
         ConsentWithdrawal.objects.select_related("recorded_by")
         .filter(patient_pseudonym=pseudonym)

@@ -185,3 +185,27 @@ def test_the_withdrawals_api_records_once_and_only_for_privacy_officers(built, a
         officer.patch(row, {"reference": "x"}, content_type="application/json").status_code == 405
     )
     assert officer.delete(row).status_code == 405
+
+
+def test_a_patient_report_says_how_many_packed_files_no_patient_search_reaches(built, as_role):
+    page = as_role("privacy_officer").get("/datasets/lineage/?q=P-AAAA&kind=patient")
+    assert 'data-testid="unlinked"' not in page.content.decode()  # every sample names one
+    from apps.datasets.models import DatasetVersion
+
+    # A version whose two files reached it with no study and no patient ID to link them.
+    bare = DatasetVersion.objects.create(
+        name="bare", number=1, status="ready", target_shard_mb=1, root=built.root
+    )
+    for n, m in enumerate(DatasetMember.objects.filter(version=built)[:2]):
+        DatasetMember.objects.create(
+            version=bare,
+            deid_result=m.deid_result,
+            raw_file=m.raw_file,
+            run=m.run,
+            sample_key=f"s-orphan-{n}",
+            member="txt",
+            patient_pseudonym="",
+        )
+    assert services.reach_of_patient("P-AAAA").unlinked_files == 2
+    page = as_role("privacy_officer").get("/datasets/lineage/?q=P-AAAA&kind=patient")
+    assert "2 packed files belong to no patient" in page.content.decode()

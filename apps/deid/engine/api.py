@@ -11,6 +11,7 @@ from .keys import ProjectKey
 from .profile import DeidProfile
 from .result import ERROR, OK, QUARANTINED, FileResult, sha256
 from .text.engine import PatientContext, TextDeidentifier
+from .text.rules import own_record_numbers
 from .vault import PseudonymVault
 
 KINDS = ("dicom", "text", "edf", "wfdb_header", "wfdb_signal", "wfdb_annotation", "unknown")
@@ -210,6 +211,15 @@ class DeidEngine:
         text = _decode_text(data)
         if text is None:
             return FileResult(kind="text", status=QUARANTINED, reason="undecodable_text")
+        if context is None or not context.patient_key:
+            # No study links this note to a patient: a note that labels exactly one record
+            # number as the patient's own is that patient's (same pseudonym and date shift as
+            # their DICOM files, so lineage and consent withdrawal reach it).
+            own = own_record_numbers(text)
+            if len(own) == 1:
+                context = PatientContext.build(self.key, patient_id=own[0], identifiers=own)
+                if self.vault is not None:
+                    self.vault.record("patient_id", self.key.pseudonym(own[0]), own[0])
         res = self.text.deidentify(text, context)
         out = FileResult(kind="text", input_sha256=sha256(data), profile=self.profile.fingerprint())
         out.output = res.text.encode("utf-8")

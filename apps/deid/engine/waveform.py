@@ -23,6 +23,10 @@ ANON_EDF_DATE = "01.01.85"  # the EDF+ convention for an anonymised start date
 _ANNOTATION_LABELS = ("EDF Annotations", "BDF Annotations")
 
 
+# EDF+ local patient identification: code, sex, birthdate (dd-MMM-yyyy) or X, name (any case).
+_EDFPLUS_PATIENT = re.compile(r"\S+ [MFXmfx] (?:\d{2}-[A-Za-z]{3}-\d{4}|X) \S+(?: .*)?\Z")
+
+
 def _field(raw: bytes, start: int, length: int) -> str:
     return raw[start : start + length].decode("latin-1").strip()
 
@@ -107,8 +111,12 @@ def deidentify_edf(
     patient = _field(data, 8, 80)
     recording = _field(data, 88, 80)
     pparts = patient.split(" ")
-    code = pparts[0] if plus and pparts else patient
-    names = [pparts[3].replace("_", " ")] if plus and len(pparts) > 3 and pparts[3] != "X" else []
+    # Many plain EDF writers follow EDF+'s "code sex birthdate name" in this free-text field;
+    # where it reads that way, its code is the patient ID (the one DICOM files are keyed on,
+    # so every modality of a patient gets one pseudonym) and its name is a name to remove.
+    fields = plus or bool(_EDFPLUS_PATIENT.match(patient))
+    code = pparts[0] if fields and pparts else patient
+    names = [pparts[3].replace("_", " ")] if fields and len(pparts) > 3 and pparts[3] != "X" else []
     ctx = PatientContext.build(key, patient_id=code or patient, names=names, identifiers=[code])
     shift = ctx.date_shift_days if profile.retain_long_modified_dates else None
     pseudonym = key.pseudonym(code or patient or "unknown")

@@ -37,6 +37,25 @@ def test_gb18030_notes_come_out_as_utf8_with_spans() -> None:
     assert res.patient_pseudonym == KEY.pseudonym("ZY1")
 
 
+def test_a_note_that_names_its_own_record_number_is_keyed_on_that_patient() -> None:
+    """No study links a free-standing note; "住院号: MRN100000" does: the note gets the same
+    pseudonym (and date shift) as that patient's DICOM files, for lineage and withdrawal."""
+    note = "住院号：MRN100000。检查日期:2024年3月1日。胸部CT未见异常。".encode()
+    res = ENGINE.process(note, name="report.txt")
+    assert res.patient_pseudonym == KEY.pseudonym("MRN100000")
+    assert "MRN100000" not in res.output.decode()
+    linked = ENGINE.process(
+        note, name="report.txt", context=PatientContext.build(KEY, patient_id="MRN100000")
+    )
+    assert linked.output == res.output  # the same date shift as a study context gives
+    # Several patients' numbers, or only an accession number: no patient is guessed.
+    for other in ("住院号:MRN100001 转诊自 住院号:MRN100002。", "Accession No: ACC123456. Normal."):
+        assert not ENGINE.process(other.encode(), name="n.txt").patient_pseudonym
+    # The number a note repeats is still one patient.
+    twice = b"MRN: A12345. Follow-up of MRN: A12345."
+    assert ENGINE.process(twice, name="n.txt").patient_pseudonym == KEY.pseudonym("A12345")
+
+
 def test_report_is_json_and_names_profile_and_engine(make_dicom) -> None:
     rep = ENGINE.process(make_dicom()).to_report()
     assert json.loads(json.dumps(rep)) == rep

@@ -116,6 +116,20 @@ def test_plain_edf_patient_field_is_replaced() -> None:
     assert res.output[256 * 3 :] == data[256 * 3 :]
 
 
+def test_a_plain_edf_written_the_edfplus_way_is_keyed_on_its_patient_code() -> None:
+    """Many plain EDF writers fill the patient field as EDF+ does: its code is the patient ID
+    DICOM files are keyed on, so the ECG and the CT of one patient share a pseudonym."""
+    data, _ = make_edf(patient="MRN100000 M 01-JAN-1950 DEMO0", recording="X", plus=False)
+    vault = PseudonymVault(b"v" * 32)
+    res = deidentify_edf(data, key=KEY, vault=vault)
+    assert res.patient_pseudonym == KEY.pseudonym("MRN100000")
+    assert vault.reveal("patient_id", res.patient_pseudonym) == "MRN100000"
+    assert b"MRN100000" not in res.output and b"DEMO0" not in res.output
+    # Free text that does not read that way is keyed whole, as before.
+    free, _ = make_edf(patient="Zhang Wei 19800307", recording="X", plus=False)
+    assert deidentify_edf(free, key=KEY).patient_pseudonym == KEY.pseudonym("Zhang Wei 19800307")
+
+
 def test_long_annotation_masks_never_change_the_record_layout() -> None:
     data, _ = make_edf(annotations=["患者张伟 家属李娜 医师王芳"])  # masks outgrow the names
     res = deidentify_edf(data, key=KEY)

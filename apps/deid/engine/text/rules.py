@@ -138,6 +138,25 @@ _MEDICAL_ID_CUES = (
 _RE_MEDICAL_ID = _rx(
     rf"(?:{_MEDICAL_ID_CUES})\s*(?:[:：#=]|是|为)?\s*([A-Za-z]{{0,4}}[-_]?\d[\dA-Za-z\-_/]{{1,29}})"
 )
+# The patient's own record number (not an accession, order, specimen, card or insurance
+# number): a note's "住院号: MRN100000" names whose note it is. PACS exports usually carry the
+# same number as the DICOM Patient ID, which keys every other file of the patient.
+_RE_OWN_RECORD = _rx(
+    r"(?:病历号|病案号|住院号|门诊号|患者ID|病人ID|患者编号|病人编号|Patient\s?ID|MRN|"
+    r"MR\s?No\.?|Medical\s+Record(?:\s+(?:Number|No\.?|#))?|Hospital\s+(?:Number|No\.?))"
+    r"\s*(?:[:：#=]|是|为)?\s*([A-Za-z]{0,4}[-_]?\d[\dA-Za-z\-_/]{1,29})"
+)
+
+
+def own_record_numbers(text: str) -> list[str]:
+    """The distinct record numbers the text labels as the patient's own, in order of first
+    appearance (one means the note names its patient; more, that it names several)."""
+    seen: dict[str, None] = {}
+    for m in _RE_OWN_RECORD.finditer(text):
+        seen.setdefault(m.group(1), None)
+    return list(seen)
+
+
 _RE_BED = [
     _rx(r"(?:床号|床位号?|Bed(?:\s+(?:No\.?|Number|#))?)\s*[:：#]?\s*([A-Za-z]?\d{1,4}[A-Za-z]?)"),
     _rx(r"(?<![\d.])(\d{1,3})\s*(?:号)?床(?!位|旁|边|头|上)"),
