@@ -6,6 +6,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
@@ -30,6 +31,14 @@ class ApiTokenSerializer(serializers.ModelSerializer):
             "revoked_at",
             "last_used_at",
         ]
+        read_only_fields = fields
+
+
+class IssuedTokenSerializer(ApiTokenSerializer):
+    token = serializers.CharField(read_only=True, help_text="the secret; shown this once only")
+
+    class Meta(ApiTokenSerializer.Meta):
+        fields = [*ApiTokenSerializer.Meta.fields, "token"]
         read_only_fields = fields
 
 
@@ -80,6 +89,14 @@ class ApiTokenViewSet(
     def get_queryset(self) -> Any:
         return ApiToken.objects.filter(user=self.request.user)
 
+    @extend_schema(
+        request=NewTokenSerializer,
+        responses={
+            201: IssuedTokenSerializer,
+            400: OpenApiResponse(description="scopes or lifetime refused, or a bad field"),
+            403: OpenApiResponse(description="asked with a token, not a signed-in session"),
+        },
+    )
     def create(self, request: Request) -> Response:
         # A token must not mint its successor: that would make short lifetimes meaningless.
         if isinstance(request.auth, ApiToken):

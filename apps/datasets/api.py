@@ -215,6 +215,13 @@ class DatasetVersionViewSet(
             raise ValidationError(form.errors.get_json_data())
         return form.filter(qs)
 
+    @extend_schema(
+        request=BuildSerializer,
+        responses={
+            202: OpenApiResponse(VersionSerializer, description="the build is queued"),
+            400: OpenApiResponse(description="a run not released (named), or a bad field"),
+        },
+    )
     def create(self, request: Request) -> Response:
         data = BuildSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -229,6 +236,13 @@ class DatasetVersionViewSet(
             raise ValidationError({"detail": str(exc)}) from None
         return Response(VersionSerializer(version).data, status=status.HTTP_202_ACCEPTED)
 
+    @extend_schema(
+        request=None,
+        responses={
+            202: OpenApiResponse(CheckSerializer, description="the check queued or running"),
+            409: OpenApiResponse(description="the version is not ready"),
+        },
+    )
     @action(detail=True, methods=["post"])
     def verify(self, request: Request, pk: str | None = None) -> Response:
         """Queue a re-hash of every file (202 with the check to poll at
@@ -239,6 +253,13 @@ class DatasetVersionViewSet(
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         return Response(CheckSerializer(check).data, status=status.HTTP_202_ACCEPTED)
 
+    @extend_schema(
+        request=None,
+        responses={
+            200: VersionSerializer,
+            409: OpenApiResponse(description="the version is not building"),
+        },
+    )
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
         try:
@@ -247,6 +268,7 @@ class DatasetVersionViewSet(
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         return Response(VersionSerializer(version).data)
 
+    @extend_schema(responses=MemberSerializer(many=True))
     @action(detail=True, methods=["get"])
     def lineage(self, request: Request, pk: str | None = None) -> Response:
         page = self.paginate_queryset(services.lineage_of_version(self.get_object()))
@@ -288,6 +310,7 @@ class LineageViewSet(viewsets.ViewSet):
         ],
         responses={
             200: ReachSerializer(many=True),
+            400: OpenApiResponse(description="neither id nor sha256 given"),
             404: OpenApiResponse(description="no such raw file"),
         },
     )
@@ -312,7 +335,10 @@ class LineageViewSet(viewsets.ViewSet):
                 "pseudonym", OpenApiTypes.STR, required=True, description="a patient pseudonym"
             )
         ],
-        responses=ReachSerializer,
+        responses={
+            200: ReachSerializer,
+            400: OpenApiResponse(description="no pseudonym, or one too long"),
+        },
     )
     @action(detail=False, methods=["get"])
     def patient(self, request: Request) -> Response:
@@ -432,6 +458,13 @@ class AnnotationSetViewSet(
     def get_queryset(self) -> Any:
         return _of_version(self, super().get_queryset())
 
+    @extend_schema(
+        request={"multipart/form-data": AnnotationUploadSerializer},
+        responses={
+            201: AnnotationSetSerializer,
+            400: OpenApiResponse(description="the file's problems, or a bad field"),
+        },
+    )
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         data = AnnotationUploadSerializer(data=request.data)
         data.is_valid(raise_exception=True)

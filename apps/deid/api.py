@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -72,6 +73,16 @@ class StartRunSerializer(serializers.Serializer):
             raise serializers.ValidationError(str(exc)) from None
 
 
+# cancel, resume and retry-errors: no body; the run as it is now, or why it cannot.
+_RUN_ACTION_SCHEMA = extend_schema(
+    request=None,
+    responses={
+        200: DeidRunSerializer,
+        409: OpenApiResponse(description="not in a state that allows it"),
+    },
+)
+
+
 class DeidRunViewSet(
     mixins.CreateModelMixin,
     mixins.ListModelMixin,
@@ -94,6 +105,13 @@ class DeidRunViewSet(
     def get_serializer_class(self) -> Any:
         return StartRunSerializer if self.action == "create" else DeidRunSerializer
 
+    @extend_schema(
+        request=StartRunSerializer,
+        responses={
+            201: DeidRunSerializer,
+            400: OpenApiResponse(description="the batch cannot be run (named), or a bad field"),
+        },
+    )
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         ser = StartRunSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
@@ -117,14 +135,17 @@ class DeidRunViewSet(
         run.refresh_from_db()
         return Response(DeidRunSerializer(run).data)
 
+    @_RUN_ACTION_SCHEMA
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
         return self._change(services.cancel_run)
 
+    @_RUN_ACTION_SCHEMA
     @action(detail=True, methods=["post"])
     def resume(self, request: Request, pk: str | None = None) -> Response:
         return self._change(services.resume_run)
 
+    @_RUN_ACTION_SCHEMA
     @action(detail=True, methods=["post"], url_path="retry-errors")
     def retry_errors(self, request: Request, pk: str | None = None) -> Response:
         return self._change(services.retry_errors)

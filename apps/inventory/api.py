@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -147,6 +147,12 @@ class IngestBatchViewSet(
     queryset = IngestBatch.objects.order_by("-created")
     filter_form = BatchFilterForm
 
+    @extend_schema(
+        responses={
+            202: OpenApiResponse(IngestBatchSerializer, description="the scan is queued"),
+            400: OpenApiResponse(description="the source cannot be scanned now (named)"),
+        }
+    )
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -158,6 +164,13 @@ class IngestBatchViewSet(
             raise ValidationError({"source": [str(exc)]}) from None
         return Response(self.get_serializer(batch).data, status=status.HTTP_202_ACCEPTED)
 
+    @extend_schema(
+        request=None,
+        responses={
+            200: OpenApiResponse(IngestBatchSerializer, description="the scan is stopping"),
+            409: OpenApiResponse(IngestBatchSerializer, description="it had already ended"),
+        },
+    )
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
         batch = self.get_object()

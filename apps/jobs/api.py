@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -156,6 +156,31 @@ class RunSpecSerializer(serializers.Serializer):
         return RunSpec(**data)
 
 
+class RunPreviewSerializer(serializers.Serializer):
+    """What a launch would do (``RunPlan.as_dict()``), its errors by field and the script."""
+
+    world_size = serializers.IntegerField()
+    grad_accum_steps = serializers.IntegerField()
+    params_total = serializers.IntegerField()
+    largest_layer = serializers.IntegerField()
+    gpu_gib = serializers.FloatField(allow_null=True)
+    cpu_gib_per_node = serializers.FloatField(allow_null=True)
+    warnings = serializers.ListField(child=serializers.CharField())
+    errors = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
+    ok = serializers.BooleanField()
+    script = serializers.CharField(allow_null=True, help_text="null when the plan has errors")
+
+
+# cancel, requeue and resume: no body; the run as it is now, or why it cannot.
+_RUN_ACTION_SCHEMA = extend_schema(
+    request=None,
+    responses={
+        202: OpenApiResponse(RunSerializer, description="the change is queued"),
+        409: OpenApiResponse(description="not in a state that allows it"),
+    },
+)
+
+
 class TrainingRunViewSet(
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
@@ -198,6 +223,13 @@ class TrainingRunViewSet(
             return RunSpecSerializer
         return RunSerializer
 
+    @extend_schema(
+        request=RunSpecSerializer,
+        responses={
+            201: RunSerializer,
+            400: OpenApiResponse(description="the field and planner errors, by field"),
+        },
+    )
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         incoming = RunSpecSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
@@ -208,6 +240,17 @@ class TrainingRunViewSet(
         run = self.get_queryset().get(pk=run.pk)
         return Response(RunSerializer(run).data, status=status.HTTP_201_CREATED)
 
+    @extend_schema(
+        request=RunSpecSerializer,
+        responses={
+            200: RunPreviewSerializer,
+            400: OpenApiResponse(
+                RunPreviewSerializer,
+                description="the plan with its errors (a field that does not validate: "
+                "the field errors alone)",
+            ),
+        },
+    )
     @action(detail=False, methods=["post"])
     def preview(self, request: Request) -> Response:
         incoming = RunSpecSerializer(data=request.data)
@@ -225,14 +268,17 @@ class TrainingRunViewSet(
         run = self.get_queryset().get(pk=run.pk)
         return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
+    @_RUN_ACTION_SCHEMA
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
         return self._act(services.cancel_run)
 
+    @_RUN_ACTION_SCHEMA
     @action(detail=True, methods=["post"])
     def requeue(self, request: Request, pk: str | None = None) -> Response:
         return self._act(services.requeue_run)
 
+    @_RUN_ACTION_SCHEMA
     @action(detail=True, methods=["post"])
     def resume(self, request: Request, pk: str | None = None) -> Response:
         return self._act(services.resume_run)
@@ -279,6 +325,8 @@ class NodeSerializer(serializers.Serializer):
     reason = serializers.CharField()
 
 
+# One cluster, not a list of them: the route is a ViewSet's ``list``.
+@extend_schema_serializer(many=False)
 class ClusterSerializer(serializers.Serializer):
     """A scheduler's ``ClusterInfo`` with its GPU totals."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
@@ -66,6 +67,41 @@ class NewBatchSerializer(serializers.Serializer):
     seed = serializers.IntegerField(required=False)
 
 
+class PassRateSerializer(serializers.Serializer):
+    """Items sampled, reviewed and passed; the pass rate and its lower bound."""
+
+    items = serializers.IntegerField()
+    reviewed = serializers.IntegerField()
+    passed = serializers.IntegerField()
+    rate = serializers.FloatField(allow_null=True)
+    lower_bound = serializers.FloatField()
+
+
+class StratumSerializer(PassRateSerializer):
+    """One stratum of the gate (``services.StratumStat``)."""
+
+    key = serializers.CharField()
+
+
+class GateSerializer(PassRateSerializer):
+    """The release gate of a batch (``services.Gate``); empty ``reasons`` = releasable."""
+
+    batch_id = serializers.IntegerField()
+    run_id = serializers.IntegerField()
+    status = serializers.CharField(help_text="the batch's status, as on the batch")
+    failed = serializers.IntegerField()
+    stale = serializers.IntegerField()
+    threshold = serializers.FloatField()
+    confidence = serializers.FloatField()
+    unresolved_findings = serializers.IntegerField()
+    kappa = serializers.FloatField(allow_null=True)
+    kappa_pairs = serializers.IntegerField()
+    min_clean_sample = serializers.IntegerField()
+    strata = StratumSerializer(many=True)
+    reasons = serializers.ListField(child=serializers.CharField())
+    releasable = serializers.BooleanField()
+
+
 class ReviewBatchViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     """Review batches. ``POST`` draws a new sample (stewards, privacy officers);
     ``GET …/{id}/gate/`` returns pass rate, lower bound, kappa and every reason it is closed."""
@@ -78,6 +114,13 @@ class ReviewBatchViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet)
     def get_serializer_class(self) -> Any:
         return NewBatchSerializer if self.action == "create" else ReviewBatchSerializer
 
+    @extend_schema(
+        request=NewBatchSerializer,
+        responses={
+            201: ReviewBatchSerializer,
+            400: OpenApiResponse(description="the run cannot be sampled, or a bad field"),
+        },
+    )
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         data = NewBatchSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -86,6 +129,7 @@ class ReviewBatchViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet)
         batch = _service_call(services.create_batch, run, acting_user=request.user, **d)
         return Response(ReviewBatchSerializer(batch).data, status=status.HTTP_201_CREATED)
 
+    @extend_schema(responses=GateSerializer)
     @action(detail=True, methods=["get"])
     def gate(self, request: Request, pk: str | None = None) -> Response:
         return Response(services.gate(self.get_object()).as_dict())
@@ -146,6 +190,14 @@ class LeaseViewSet(viewsets.GenericViewSet):
     allowed_roles = {CLINICIAN}
     serializer_class = LeaseSerializer
 
+    @extend_schema(
+        request=LeaseSerializer,
+        responses={
+            200: OpenApiResponse(ReviewItemSerializer, description="the item leased"),
+            204: OpenApiResponse(description="nothing is left for the caller"),
+            404: OpenApiResponse(description="no such batch"),
+        },
+    )
     def create(self, request: Request) -> Response:
         data = LeaseSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -157,6 +209,9 @@ class LeaseViewSet(viewsets.GenericViewSet):
 
 
 class VerdictSerializer(serializers.ModelSerializer):
+    # Blank on a pass; as a read-only model field its schema would leave blank out.
+    category = serializers.ChoiceField(choices=Category.choices, allow_blank=True, read_only=True)
+
     class Meta:
         model = Verdict
         fields = [
@@ -205,6 +260,15 @@ class VerdictViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
             qs = qs.filter(item__batch_id=int(batch))
         return qs
 
+    @extend_schema(
+        request=NewVerdictSerializer,
+        responses={
+            201: VerdictSerializer,
+            400: OpenApiResponse(description="the verdict is refused (named), or a bad field"),
+            404: OpenApiResponse(description="no such item among the caller's"),
+            409: OpenApiResponse(description="the caller's lease on the item is gone"),
+        },
+    )
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         data = NewVerdictSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -225,6 +289,11 @@ class VerdictViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
 
 
 class FindingSerializer(serializers.ModelSerializer):
+    # Blank while open; as a read-only model field its schema would leave blank out.
+    resolution = serializers.ChoiceField(
+        choices=Finding.Resolution.choices, allow_blank=True, read_only=True
+    )
+
     class Meta:
         model = Finding
         fields = [
@@ -271,6 +340,14 @@ class ResolutionViewSet(viewsets.GenericViewSet):
     allowed_roles = RELEASERS
     serializer_class = ResolutionSerializer
 
+    @extend_schema(
+        request=ResolutionSerializer,
+        responses={
+            200: OpenApiResponse(FindingSerializer, description="the finding, resolved"),
+            400: OpenApiResponse(description="the finding is not open, or a bad field"),
+            404: OpenApiResponse(description="no such finding"),
+        },
+    )
     def create(self, request: Request) -> Response:
         data = ResolutionSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -290,6 +367,16 @@ class ReleaseSerializer(serializers.Serializer):
     run = serializers.IntegerField()
 
 
+class ReleasedSerializer(serializers.Serializer):
+    run = serializers.IntegerField()
+    released_at = serializers.DateTimeField()
+
+
+class ReleaseRefusedSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    reasons = serializers.ListField(child=serializers.CharField())
+
+
 class ReleaseViewSet(viewsets.GenericViewSet):
     """``POST {"run": id}``: release a de-id run through the gate; 409 with every reason
     when the gate is closed."""
@@ -297,6 +384,16 @@ class ReleaseViewSet(viewsets.GenericViewSet):
     allowed_roles = RELEASERS
     serializer_class = ReleaseSerializer
 
+    @extend_schema(
+        request=ReleaseSerializer,
+        responses={
+            200: ReleasedSerializer,
+            404: OpenApiResponse(description="no such de-id run"),
+            409: OpenApiResponse(
+                ReleaseRefusedSerializer, description="the gate is closed: every reason"
+            ),
+        },
+    )
     def create(self, request: Request) -> Response:
         data = ReleaseSerializer(data=request.data)
         data.is_valid(raise_exception=True)
