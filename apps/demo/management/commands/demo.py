@@ -99,6 +99,10 @@ class Command(BaseCommand):
                 f"Then: the released dataset {url}{self.dataset_url} (lineage, verify) and the "
                 f"training run {url}{self.run_url} (attempts, script, log, checkpoints, metrics), "
                 "as demo_data_steward and demo_operator.\n"
+                f"Privacy: {url}/deid/reveal/#lookup turns a hospital patient ID (the cohort's are "
+                f"MRN100000 to MRN{100000 + synthetic.COHORT_SIZE - 1}) into its pseudonym, and "
+                f"{url}/datasets/lineage/ shows where that patient's data went and records a "
+                "consent withdrawal, as demo_privacy_officer.\n"
             )
         self.stdout.write(
             "Add a TOTP secret to any authenticator app (or `oathtool --totp -b "
