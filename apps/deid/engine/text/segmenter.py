@@ -284,18 +284,30 @@ def tagged_name_at(text: str, start: int) -> int | None:
     run = m.group(0)
     pos = m.start()
     words = _words(run)
+
+    def ends_clause(j: int) -> bool:
+        nxt = words[j][0] if j < len(words) else ""
+        return not nxt or nxt[:1] in "男女" or any(nxt.startswith(w) for w in SEGMENTER_NAME_AFTER)
+
     for i, (word, tagged, _) in enumerate(words):
         if pos == start:
-            nxt = words[i + 1][0] if i + 1 < len(words) else ""
-            ends_clause = (
-                not nxt or nxt[:1] in "男女" or any(nxt.startswith(w) for w in SEGMENTER_NAME_AFTER)
-            )
             # jieba's HMM makes a word of an unknown name without tagging it (患者高东，): a
             # word its dictionary does not hold counts like a tagged one; a dictionary word
             # does not (患者高热，, 患者黄疸，).
             named = tagged or not _dictionary_word(word)
-            if named and ends_clause and _looks_like_name(word, ambiguous_ok=True):
+            if named and ends_clause(i + 1) and _looks_like_name(word, ambiguous_ok=True):
                 return pos + len(word)
+            # Or it cuts a surname that is also a word off its given name (患者任|建平，:
+            # 建平 is a place): the two together, ending the clause, are a name when they
+            # are shaped like one and not a word of their own (患者任|意，… stays).
+            if len(word) == 1 and i + 1 < len(words):
+                joined = word + words[i + 1][0]
+                if (
+                    ends_clause(i + 2)
+                    and _looks_like_name(joined, ambiguous_ok=True)
+                    and not _dictionary_word(joined)
+                ):
+                    return pos + len(joined)
             return None
         pos += len(word)
         if pos > start:
