@@ -190,6 +190,15 @@ def _dataset(spec: RunSpec) -> DatasetVersion | None:
     return DatasetVersion.objects.filter(pk=spec.dataset_version_id).first()
 
 
+def withdrawn_in_run(run: TrainingRun) -> int:
+    """How many samples of the run's dataset version belong to patients who withdrew consent
+    since the version was built (the run page says so; whether to stop the run is the
+    privacy officer's call)."""
+    from apps.datasets.services import withdrawn_samples
+
+    return withdrawn_samples(run.dataset_version)
+
+
 def check_run(spec: RunSpec) -> RunPlan:
     """Validate a spec against the trainer's config and its dataset version."""
     version = _dataset(spec)

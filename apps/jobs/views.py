@@ -141,6 +141,7 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "log": services.log_tail(current) if current else "",
         "can_write": _can_write(request),
         "data_links": _data_links(request, run),
+        "withdrawn": services.withdrawn_in_run(run),
         "can_cancel": run.is_active,
         "can_requeue": bool(
             current

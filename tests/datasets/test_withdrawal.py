@@ -209,3 +209,25 @@ def test_a_patient_report_says_how_many_packed_files_no_patient_search_reaches(b
     assert services.reach_of_patient("P-AAAA").unlinked_files == 2
     page = as_role("privacy_officer").get("/datasets/lineage/?q=P-AAAA&kind=patient")
     assert "2 packed files belong to no patient" in page.content.decode()
+
+
+def test_a_run_page_says_when_its_data_includes_a_withdrawn_patient(built, as_role):
+    from dataclasses import fields
+
+    from apps.jobs.models import TrainingRun
+    from apps.jobs.validation import RunSpec, cpu_trial
+
+    spec = cpu_trial("before-withdrawal", built.pk)
+    run = TrainingRun.objects.create(
+        **{
+            f.name: getattr(spec, f.name) for f in fields(RunSpec) if f.name != "dataset_version_id"
+        },
+        dataset_version=built,
+        state="running",
+        plan={},
+    )
+    url = f"/jobs/runs/{run.pk}/"
+    assert 'data-testid="withdrawn"' not in as_role("operator").get(url).content.decode()
+    services.withdraw_consent("P-BBBB", reference="", acting_user=None)
+    page = as_role("operator").get(url).content.decode()
+    assert "1 sample of ct-demo v1 belongs to a patient who withdrew consent" in page
