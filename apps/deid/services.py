@@ -1265,7 +1265,22 @@ def run_summary(run: DeidRun) -> dict[str, Any]:
             Status.ERROR: run.files_error,
         },
         "balanced": run.files_done == run.files_ok + run.files_quarantined + run.files_error,
+        "unlinked": unlinked_by_kind(run),
     }
+
+
+def unlinked_by_kind(run: DeidRun) -> dict[str, int]:
+    """De-identified files that name no patient (no study, no patient ID of their own), by
+    kind: lineage by patient and consent withdrawal cannot reach them (docs/deid-runs.md).
+    WFDB signal files are left out: they go with their header's patient."""
+    rows = (
+        DeidFileResult.objects.filter(run=run, status=Status.OK, patient_pseudonym="")
+        .exclude(kind="wfdb_signal")
+        .values_list("kind")
+        .annotate(n=Count("pk"))
+        .order_by("kind")
+    )
+    return dict(rows)
 
 
 # --- overview ----------------------------------------------------------------------------------

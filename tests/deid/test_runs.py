@@ -439,3 +439,16 @@ def test_a_file_that_killed_the_worker_twice_becomes_an_error(mixed, no_ocr_prof
     result = run.results.get(raw_file=poison)
     assert result.status == "error" and result.reason.startswith("worker_died_on_file")
     assert run.status == "done" and run.results.count() == run.files_total == run.files_done
+
+
+def test_a_run_counts_the_files_it_could_link_to_no_patient(mixed, no_ocr_profile, client_as):
+    """A note with no study and no record number of its own names no patient: lineage by
+    patient and consent withdrawal cannot reach it, and the run page says how many."""
+    add_file(mixed.batch, "loose/note-1.txt", "胸部CT未见异常。".encode(), kind="text")
+    own = "住院号：ZY990001。心电图正常。".encode()
+    add_file(mixed.batch, "loose/note-2.txt", own, kind="text")
+    run = services.start_run(mixed.batch, profile=no_ocr_profile, acting_user=None, enqueue=False)
+    services.process_run(run.pk, ocr=None)
+    assert services.unlinked_by_kind(run) == {"text": 1}  # note-2 names its own record number
+    page = client_as("data_steward").get(f"/deid/runs/{run.pk}/").content.decode()
+    assert 'data-testid="unlinked"' in page and "text</span> 1" in page
