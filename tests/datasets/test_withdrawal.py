@@ -148,6 +148,9 @@ def test_withdraw_consent_from_the_command_line(built):
     assert "patient P-BBBB: consent withdrawal recorded at" in text
     assert f"patient P-BBBB: ct-demo v1 (id {built.pk}): 5 files in 1 sample" in text
     assert ConsentWithdrawal.objects.get().reference == "DPO-9"
+    again = StringIO()
+    call_command("lineage", "--patient", "P-BBBB", stdout=again)
+    assert "patient P-BBBB: consent withdrawn at" in again.getvalue()
     with pytest.raises(CommandError, match="no de-identified file belongs to patient P-NONE"):
         call_command("withdraw_consent", "P-NONE", stdout=StringIO())
 

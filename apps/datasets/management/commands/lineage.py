@@ -74,6 +74,15 @@ class Command(BaseCommand):
         if not found or not any(r.versions for r in found):
             summary.write(f"{subject}: in no dataset version")
         for report in found:
+            if report.withdrawal is not None:
+                when = report.withdrawal.recorded_at.isoformat(timespec="seconds")
+                summary.write(f"{report.subject}: consent withdrawn at {when}")
+            if report.patient and report.unlinked_files:
+                summary.write(
+                    f"{_n(report.unlinked_files, 'packed file')} name no patient: "
+                    "no patient search reaches them"
+                )
+        for report in found:
             for v in report.versions:
                 summary.write(
                     f"{report.subject}: {v.version.label} (id {v.version.pk}): "
