@@ -1005,13 +1005,9 @@ def lineage_of_consumer(consumer_kind: str, consumer_id: str | int) -> QuerySet[
 
 
 def consumer_versions(consumer_kind: str, consumer_id: str | int) -> list[DatasetVersion]:
-    """The versions a consumer read, each with ``files`` (packed files) and ``samples``
-    counted: the head of the "what data is behind this run" page."""
-    return list(
-        versions_used_by(consumer_kind, consumer_id).annotate(
-            files=Count("members"), samples=Count("members__sample_key", distinct=True)
-        )
-    )
+    """The versions a consumer read (each knows its ``file_count`` and ``sample_count`` from
+    its build): the head of the "what data is behind this run" page."""
+    return list(versions_used_by(consumer_kind, consumer_id))
 
 
 def record_dataset_use(

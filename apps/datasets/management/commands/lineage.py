@@ -107,7 +107,7 @@ class Command(BaseCommand):
         for v in versions:
             summary.write(
                 f"{label} {consumer_id}: {v.label} (id {v.pk}): "
-                f"{_n(v.files, 'file')} in {_n(v.samples, 'sample')}"  # type: ignore[attr-defined]
+                f"{_n(v.file_count, 'file')} in {_n(v.sample_count, 'sample')}"
             )
         if out is not None:
             _write(out, reports.CONSUMER_HEADER, reports.consumer_rows(kind, consumer_id))
