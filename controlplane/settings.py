@@ -231,6 +231,7 @@ SPECTACULAR_SETTINGS = {
         "WorkStatusEnum": "apps.core.models.WorkStatus",  # a scan's and a de-id run's status
         # A QA check's result, a verdict's decision and a review item's outcome.
         "PassFailEnum": "apps.inventory.models.QAResult",
+        "ReviewBatchStatusEnum": "apps.review.models.ReviewBatch.Status",
     },
 }
 

@@ -88,7 +88,7 @@ class GateSerializer(PassRateSerializer):
 
     batch_id = serializers.IntegerField()
     run_id = serializers.IntegerField()
-    status = serializers.CharField(help_text="the batch's status, as on the batch")
+    status = serializers.ChoiceField(choices=ReviewBatch.Status.choices)
     failed = serializers.IntegerField()
     stale = serializers.IntegerField()
     threshold = serializers.FloatField()
