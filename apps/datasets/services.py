@@ -1092,6 +1092,14 @@ def withdraw_consent(
     return row, created
 
 
+def trainable_versions() -> QuerySet[DatasetVersion]:
+    """Ready versions with no sample of a patient who withdrew consent after their build:
+    the ones a new training run may read."""
+    withdrawn = ConsentWithdrawal.objects.values("patient_pseudonym")
+    touched = DatasetMember.objects.filter(patient_pseudonym__in=withdrawn).values("version_id")
+    return DatasetVersion.objects.filter(status=DatasetVersion.Status.READY).exclude(pk__in=touched)
+
+
 def withdrawn_samples(version: DatasetVersion) -> int:
     """How many of ``version``'s samples belong to patients who withdrew consent since."""
     return (

@@ -31,7 +31,12 @@ class RunForm(forms.Form):
     )
     preset = forms.ChoiceField(label=_("Model preset"), choices=())
     dataset_version = forms.ModelChoiceField(
-        label=_("Dataset version (ready only)"), queryset=TrainingRun.objects.none()
+        label=_("Dataset version (ready only)"),
+        queryset=TrainingRun.objects.none(),
+        help_text=_(
+            "Versions holding data of a patient who withdrew consent after their build are "
+            "not offered; build a new version."
+        ),
     )
     engine = forms.ChoiceField(label=_("Engine"), choices=ENGINE_CHOICES, initial="deepspeed")
     nodes = forms.IntegerField(label=_("Nodes"), min_value=1, max_value=4096, initial=1)

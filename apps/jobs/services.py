@@ -178,10 +178,11 @@ def run_spec_of(run: TrainingRun) -> RunSpec:
 
 
 def ready_dataset_versions() -> Any:
-    """Dataset versions a run may use: built, verified and immutable."""
-    from apps.datasets.models import DatasetVersion
+    """Dataset versions a new run may use: built, verified and immutable, and holding no
+    sample of a patient who withdrew consent since (``check_run`` refuses those)."""
+    from apps.datasets.services import trainable_versions
 
-    return DatasetVersion.objects.filter(status=DatasetVersion.Status.READY)
+    return trainable_versions()
 
 
 def _dataset(spec: RunSpec) -> DatasetVersion | None:

@@ -234,3 +234,13 @@ def test_a_run_page_says_when_its_data_includes_a_withdrawn_patient(built, as_ro
     services.withdraw_consent("P-BBBB", reference="", acting_user=None)
     page = as_role("operator").get(url).content.decode()
     assert "1 sample of ct-demo v1 belongs to a patient who withdrew consent" in page
+
+
+def test_the_launch_form_no_longer_offers_a_version_holding_withdrawn_data(built, world):
+    from apps.jobs.forms import RunForm
+
+    later = services.build_version("later", [world.run], target_shard_mb=1, acting_user=None)
+    assert set(RunForm().fields["dataset_version"].queryset) == {built, later}
+    services.withdraw_consent("P-AAAA", reference="", acting_user=None)
+    rebuilt = services.build_version("rebuilt", [world.run], target_shard_mb=1, acting_user=None)
+    assert set(RunForm().fields["dataset_version"].queryset) == {rebuilt}
