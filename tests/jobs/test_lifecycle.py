@@ -346,6 +346,25 @@ def test_every_attempt_reads_with_the_tokenizer_the_run_was_launched_with(
         assert f"--set data.tokenizer={tokenizer}" in attempt.script
 
 
+def test_a_run_resumes_after_a_patient_in_its_version_withdrew_while_new_runs_are_refused(
+    fake, launched, run_tasks, operator, make_spec, monkeypatch
+):
+    """Whether a run already going stops is the privacy officer's call; a new one may not
+    start (docs/datasets.md "Consent withdrawal")."""
+    from apps.datasets import services as datasets
+
+    monkeypatch.setattr(datasets, "withdrawn_samples", lambda version: 2)
+    fake.set("100", "FAILED", exit_code=1)
+    services.reconcile()
+    attempt = services.resume_run(launched, acting_user=operator)
+    run_tasks()
+    attempt.refresh_from_db()
+    assert attempt.number == 2 and attempt.job_id
+    with pytest.raises(services.LaunchRefused) as refused:
+        services.launch_run(make_spec(name="after-withdrawal"), acting_user=operator)
+    assert "withdrew consent" in str(refused.value.plan.errors["dataset_version"])
+
+
 def test_resume_is_refused_while_the_run_is_active(fake, launched, operator):
     with pytest.raises(services.JobsError):
         services.resume_run(launched, acting_user=operator)
