@@ -107,3 +107,18 @@ def test_lineage_refuses_what_it_cannot_answer(built, tmp_path):
     ):
         with pytest.raises(CommandError, match=message):
             _lineage(*args)
+
+
+def test_lineage_writes_a_run_csv_file_with_a_progress_bar(built, tmp_path):
+    import csv
+
+    from apps.datasets import services
+
+    services.record_dataset_use(
+        built, consumer_kind="jobs.trainingrun", consumer_id="5", acting_user=None
+    )
+    target = tmp_path / "run-5.csv"
+    _out, err = _lineage("--run", "5", "--csv", str(target))
+    assert "11/11" in err  # the bar counted every row of the version
+    with target.open(newline="") as f:
+        assert len(list(csv.DictReader(f))) == 11

@@ -18,6 +18,7 @@ from contextlib import ExitStack
 from typing import Any, TextIO
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from tqdm import tqdm
 
 from apps.datasets import registry, reports, services
 
@@ -40,6 +41,7 @@ class Command(BaseCommand):
         parser.add_argument("--csv", metavar="FILE", help='write every row as CSV ("-": stdout)')
 
     def handle(self, *args: Any, **opts: Any) -> None:
+        self.verbosity = opts["verbosity"]
         with ExitStack() as stack:
             out: TextIO | None = None
             if opts["csv"] == "-":
@@ -110,7 +112,18 @@ class Command(BaseCommand):
                 f"{_n(v.file_count, 'file')} in {_n(v.sample_count, 'sample')}"
             )
         if out is not None:
-            _write(out, reports.CONSUMER_HEADER, reports.consumer_rows(kind, consumer_id))
+            rows = reports.consumer_rows(kind, consumer_id)
+            if out is not self.stdout:  # a file: the rows can be millions; show how far
+                total = sum(v.file_count for v in versions)
+                rows = tqdm(
+                    rows,
+                    total=total,
+                    unit="row",
+                    desc="csv",
+                    file=self.stderr,
+                    disable=self.verbosity == 0,
+                )
+            _write(out, reports.CONSUMER_HEADER, rows)
 
 
 def _write(out: Any, header: Iterable[str], rows: Iterable[list[str | int]]) -> None:
