@@ -1092,6 +1092,16 @@ def withdraw_consent(
     return row, created
 
 
+def versions_holding_withdrawn(version_ids: list[int]) -> set[int]:
+    """Which of these versions hold a sample of a patient who withdrew consent since."""
+    withdrawn = ConsentWithdrawal.objects.values("patient_pseudonym")
+    return set(
+        DatasetMember.objects.filter(version_id__in=version_ids, patient_pseudonym__in=withdrawn)
+        .values_list("version_id", flat=True)
+        .distinct()
+    )
+
+
 def trainable_versions() -> QuerySet[DatasetVersion]:
     """Ready versions with no sample of a patient who withdrew consent after their build:
     the ones a new training run may read."""

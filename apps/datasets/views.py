@@ -52,7 +52,13 @@ def version_list(request: HttpRequest) -> HttpResponse:
         request,
         "datasets/version_list.html",
         "datasets/partials/version_table.html",
-        {"form": form, "page": page, "query": query.urlencode(), "can_build": _can(request, BUILD)},
+        {
+            "form": form,
+            "page": page,
+            "query": query.urlencode(),
+            "can_build": _can(request, BUILD),
+            "withdrawn_ids": services.versions_holding_withdrawn([v.pk for v in page]),
+        },
     )
 
 

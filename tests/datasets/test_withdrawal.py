@@ -3,6 +3,8 @@ versions flagged, new training runs on them refused."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.db import DatabaseError, transaction
 
@@ -244,3 +246,18 @@ def test_the_launch_form_no_longer_offers_a_version_holding_withdrawn_data(built
     services.withdraw_consent("P-AAAA", reference="", acting_user=None)
     rebuilt = services.build_version("rebuilt", [world.run], target_shard_mb=1, acting_user=None)
     assert set(RunForm().fields["dataset_version"].queryset) == {rebuilt}
+
+
+def test_the_version_list_flags_versions_holding_withdrawn_data(built, world, as_role):
+    later = services.build_version("later", [world.run], target_shard_mb=1, acting_user=None)
+    client = as_role("operator")
+    assert 'data-testid="withdrawn-flag"' not in client.get("/datasets/").content.decode()
+    services.withdraw_consent("P-CCCC", reference="", acting_user=None)
+    after = services.build_version("after", [world.run], target_shard_mb=1, acting_user=None)
+    page = client.get("/datasets/").content.decode()
+    rows = {
+        int(pk): row for pk, row in re.findall(r'<tr data-version="(\d+)">(.*?)</tr>', page, re.S)
+    }
+    assert 'data-testid="withdrawn-flag"' in rows[built.pk]
+    assert 'data-testid="withdrawn-flag"' in rows[later.pk]
+    assert 'data-testid="withdrawn-flag"' not in rows[after.pk]
