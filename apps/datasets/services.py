@@ -1092,35 +1092,29 @@ def withdraw_consent(
     return row, created
 
 
+def withdrawn_members() -> QuerySet[DatasetMember]:
+    """Packed files whose sample belongs to a patient who withdrew consent (one subquery)."""
+    return DatasetMember.objects.filter(
+        patient_pseudonym__in=ConsentWithdrawal.objects.values("patient_pseudonym")
+    )
+
+
 def versions_holding_withdrawn(version_ids: list[int]) -> set[int]:
     """Which of these versions hold a sample of a patient who withdrew consent since."""
-    withdrawn = ConsentWithdrawal.objects.values("patient_pseudonym")
-    return set(
-        DatasetMember.objects.filter(version_id__in=version_ids, patient_pseudonym__in=withdrawn)
-        .values_list("version_id", flat=True)
-        .distinct()
-    )
+    members = withdrawn_members().filter(version_id__in=version_ids)
+    return set(members.values_list("version_id", flat=True).distinct())
 
 
 def trainable_versions() -> QuerySet[DatasetVersion]:
     """Ready versions with no sample of a patient who withdrew consent after their build:
     the ones a new training run may read."""
-    withdrawn = ConsentWithdrawal.objects.values("patient_pseudonym")
-    touched = DatasetMember.objects.filter(patient_pseudonym__in=withdrawn).values("version_id")
+    touched = withdrawn_members().values("version_id")
     return DatasetVersion.objects.filter(status=DatasetVersion.Status.READY).exclude(pk__in=touched)
 
 
 def withdrawn_samples(version: DatasetVersion) -> int:
     """How many of ``version``'s samples belong to patients who withdrew consent since."""
-    return (
-        DatasetMember.objects.filter(
-            version=version,
-            patient_pseudonym__in=ConsentWithdrawal.objects.values("patient_pseudonym"),
-        )
-        .values("sample_key")
-        .distinct()
-        .count()
-    )
+    return withdrawn_members().filter(version=version).values("sample_key").distinct().count()
 
 
 # --- annotation sets -------------------------------------------------------------------------
@@ -1292,14 +1286,10 @@ def overview() -> list[tuple[str, Any]]:
 
 def lineage_overview() -> list[tuple[str, Any]]:
     """The lineage card on the overview page: consent withdrawals and what they touch."""
-    withdrawn = ConsentWithdrawal.objects.values("patient_pseudonym")
     return [
         (_("consent withdrawals"), ConsentWithdrawal.objects.count()),
         (
             _("versions holding withdrawn data"),
-            DatasetMember.objects.filter(patient_pseudonym__in=withdrawn)
-            .values("version_id")
-            .distinct()
-            .count(),
+            withdrawn_members().values("version_id").distinct().count(),
         ),
     ]
