@@ -950,12 +950,17 @@ def reach_of_patient(pseudonym: str) -> Reach:
     results (the file's own), so neither a file without a pseudonym of its own nor a sample
     whose first file named another patient hides data.
     """
-    own = DeidFileResult.objects.filter(patient_pseudonym=pseudonym).values("raw_file_id")
-    members = DatasetMember.objects.filter(Q(patient_pseudonym=pseudonym) | Q(raw_file_id__in=own))
-    raw_ids = sorted(
-        set(members.values_list("raw_file_id", flat=True))
-        | set(own.values_list("raw_file_id", flat=True))
+    # The patient's own files as a list first: an OR with a subquery makes PostgreSQL scan the
+    # whole lineage table (80 ms at 200,000 rows); two index lookups do not (bench/).
+    own = sorted(
+        set(
+            DeidFileResult.objects.filter(patient_pseudonym=pseudonym).values_list(
+                "raw_file_id", flat=True
+            )
+        )
     )
+    members = DatasetMember.objects.filter(Q(patient_pseudonym=pseudonym) | Q(raw_file_id__in=own))
+    raw_ids = sorted(set(members.values_list("raw_file_id", flat=True)) | set(own))
     reach = _reach(f"patient {pseudonym}", members, raw_ids)
     reach.patient = pseudonym
     reach.unlinked_files = DatasetMember.objects.filter(patient_pseudonym="").count()
@@ -1093,10 +1098,12 @@ def withdraw_consent(
 
 
 def withdrawn_members() -> QuerySet[DatasetMember]:
-    """Packed files whose sample belongs to a patient who withdrew consent (one subquery)."""
-    return DatasetMember.objects.filter(
-        patient_pseudonym__in=ConsentWithdrawal.objects.values("patient_pseudonym")
-    )
+    """Packed files whose sample belongs to a patient who withdrew consent.
+
+    The withdrawals are read first (a short list: patients, not files), so the lineage table
+    is searched through its pseudonym index; a subquery made both databases scan it."""
+    withdrawn = list(ConsentWithdrawal.objects.values_list("patient_pseudonym", flat=True))
+    return DatasetMember.objects.filter(patient_pseudonym__in=withdrawn)
 
 
 def versions_holding_withdrawn(version_ids: list[int]) -> set[int]:
