@@ -25,3 +25,31 @@ def test_the_verify_button_follows_the_queued_check_to_its_result(
         f"all {1 + 2 * built.shard_count} files match the manifest", timeout=15000
     )
     expect(page.locator("#verify-result[hx-get]")).to_have_count(0)  # done: polling stopped
+
+
+def test_a_privacy_officer_records_a_consent_withdrawal_from_the_patient_report(
+    built, cast, live_server, page: Page
+):
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    from apps.datasets.models import ConsentWithdrawal
+
+    officer = cast["privacy_officer"]
+    sign_in(page, live_server.url, officer, TOTPDevice.objects.get(user=officer))
+    page.goto(f"{live_server.url}/datasets/lineage/")
+    page.fill("#id_q", "P-BBBB")
+    page.select_option("#id_kind", "patient")
+    page.click("form[action='/datasets/lineage/'] button[type=submit]")
+    form = page.locator("[data-testid=withdraw-form]")
+    expect(form).to_be_visible()
+    # Unticked, the browser itself keeps the form from being sent.
+    form.locator("input[name=reference]").fill("DPO-2026-041")
+    form.locator("[data-testid=withdraw]").click()
+    assert not ConsentWithdrawal.objects.exists()
+    form.locator("input[name=confirm]").check()
+    form.locator("[data-testid=withdraw]").click()
+    expect(page.locator("[data-testid=withdrawn]")).to_contain_text("case DPO-2026-041")
+    expect(page.locator("[data-testid=withdraw-form]")).to_have_count(0)
+    assert ConsentWithdrawal.objects.get().patient_pseudonym == "P-BBBB"
+    page.goto(f"{live_server.url}/datasets/{built.pk}/")
+    expect(page.locator("[data-testid=withdrawn-samples]")).to_contain_text("1 sample")
