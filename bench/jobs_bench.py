@@ -17,17 +17,11 @@ answers for all 1,000 jobs in one call (as Slurm's one status call does):
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
-os.environ.setdefault("MEDCTL_DEV_SECRETS", "1")
+from scratch_db import scratch_database
 
 PAGE_GOAL_MS = 200.0
 
@@ -40,23 +34,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=30)
     args = parser.parse_args()
 
-    import django
-
-    django.setup()
-    from django.conf import settings
-    from django.db import connection
-    from django.test.utils import setup_test_environment
-
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    settings.ALLOWED_HOSTS = ["*"]
-    settings.JOBS_RUNS_ROOT = tempfile.mkdtemp(prefix="jobs-bench-")
-    setup_test_environment()
-    old_name = connection.settings_dict["NAME"]
-    connection.creation.create_test_db(verbosity=0, autoclobber=True)
-    try:
+    with scratch_database(JOBS_RUNS_ROOT=tempfile.mkdtemp(prefix="jobs-bench-")):
         run_bench(args)
-    finally:
-        connection.creation.destroy_test_db(old_name, verbosity=0)
 
 
 def timed(fn, repeat: int) -> list[float]:

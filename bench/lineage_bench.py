@@ -24,17 +24,11 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import random
 import statistics
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
-os.environ.setdefault("MEDCTL_DEV_SECRETS", "1")
+from scratch_db import scratch_database
 
 
 def main() -> None:
@@ -45,19 +39,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=20, help="patients timed for the reach")
     args = parser.parse_args()
 
-    import django
-
-    django.setup()
-    from django.db import connection
-    from django.test.utils import setup_test_environment
-
-    setup_test_environment()
-    old_name = connection.settings_dict["NAME"]
-    connection.creation.create_test_db(verbosity=0, autoclobber=True)
-    try:
+    with scratch_database():
         run_bench(args)
-    finally:
-        connection.creation.destroy_test_db(old_name, verbosity=0)
 
 
 def populate(patients: int, files: int) -> tuple[object, list[str]]:
