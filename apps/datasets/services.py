@@ -341,8 +341,7 @@ def _without_withdrawn(
 ) -> list[packing.PlannedSample]:
     """Drop every sample holding a file of a patient who withdrew consent, whole: its WFDB
     signal files and any file without a pseudonym of its own go with it."""
-    # Withdrawals are few (a table of patients), the files many: read the table whole.
-    withdrawn = set(ConsentWithdrawal.objects.values_list("patient_pseudonym", flat=True))
+    withdrawn = withdrawn_pseudonyms()
     if not withdrawn:
         return planned
     kept = []
@@ -1100,10 +1099,15 @@ def withdraw_consent(
 def withdrawn_members() -> QuerySet[DatasetMember]:
     """Packed files whose sample belongs to a patient who withdrew consent.
 
-    The withdrawals are read first (a short list: patients, not files), so the lineage table
-    is searched through its pseudonym index; a subquery made both databases scan it."""
-    withdrawn = list(ConsentWithdrawal.objects.values_list("patient_pseudonym", flat=True))
-    return DatasetMember.objects.filter(patient_pseudonym__in=withdrawn)
+    The withdrawals are read first, so the lineage table is searched through its pseudonym
+    index; a subquery made both databases scan it."""
+    return DatasetMember.objects.filter(patient_pseudonym__in=withdrawn_pseudonyms())
+
+
+def withdrawn_pseudonyms() -> set[str]:
+    """Every patient who withdrew consent. Withdrawals are few (patients, not files): the
+    table is read whole, and the packer and the lineage checks match against the set."""
+    return set(ConsentWithdrawal.objects.values_list("patient_pseudonym", flat=True))
 
 
 def versions_holding_withdrawn(version_ids: list[int]) -> set[int]:
