@@ -91,6 +91,10 @@ class GateSerializer(PassRateSerializer):
     status = serializers.ChoiceField(choices=ReviewBatch.Status.choices)
     failed = serializers.IntegerField()
     stale = serializers.IntegerField()
+    withdrawn = serializers.IntegerField(
+        help_text="sampled items left out because their patient withdrew consent"
+    )
+    required = serializers.IntegerField(help_text="items that must be reviewed: items − withdrawn")
     threshold = serializers.FloatField()
     confidence = serializers.FloatField()
     unresolved_findings = serializers.IntegerField()
@@ -139,6 +143,9 @@ class ReviewItemSerializer(serializers.ModelSerializer):
     kind = serializers.CharField(source="result.kind", read_only=True)
     modality = serializers.CharField(source="result.modality", read_only=True)
     output_sha256 = serializers.CharField(source="result.output_sha256", read_only=True)
+    withdrawn = serializers.SerializerMethodField(
+        help_text="the patient withdrew consent: the item is no longer offered or shown"
+    )
 
     class Meta:
         model = ReviewItem
@@ -158,8 +165,16 @@ class ReviewItemSerializer(serializers.ModelSerializer):
             "kind",
             "modality",
             "output_sha256",
+            "withdrawn",
         ]
         read_only_fields = fields
+
+    def get_withdrawn(self, item: ReviewItem) -> bool:
+        root = self.root  # one read of the withdrawals per response, not per item
+        if not hasattr(root, "_withdrawn"):
+            root._withdrawn = services.withdrawn_pseudonyms()
+        pseudonym = item.result.patient_pseudonym
+        return bool(pseudonym) and pseudonym in root._withdrawn
 
 
 class ReviewItemViewSet(viewsets.ReadOnlyModelViewSet):

@@ -29,6 +29,7 @@ from django.utils.translation import ngettext
 from apps.audit.services import record
 from apps.core.access import roles_of
 from apps.core.roles import CLINICIAN, PRIVACY, STEWARD
+from apps.datasets.services import withdrawn_pseudonyms
 from apps.deid.models import DeidFileResult, DeidRun
 from apps.review.models import Category, Finding, ReviewBatch, ReviewItem, Verdict
 from apps.review.stats import clopper_pearson_lower, cohen_kappa, min_clean_sample
@@ -64,6 +65,28 @@ class ReviewError(ValueError):
 
 class LeaseLost(ReviewError):
     """The item is no longer leased to this reviewer (expired and taken, or already judged)."""
+
+
+class Withdrawn(ReviewError):
+    """The item's patient withdrew consent: its content is no longer shown or judged."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            _("The patient withdrew consent: this item is no longer shown, reviewed or released.")
+        )
+
+
+def is_withdrawn(item: ReviewItem) -> bool:
+    """Whether the patient behind the item's file withdrew consent (``datasets``)."""
+    pseudonym = item.result.patient_pseudonym
+    return bool(pseudonym) and pseudonym in withdrawn_pseudonyms()
+
+
+def _withdrawn_q() -> Q | None:
+    """Items of patients who withdrew consent, or None when nobody did. Withdrawals are
+    few (patients, not files), so the set goes into the query as a list."""
+    withdrawn = withdrawn_pseudonyms()
+    return Q(result__patient_pseudonym__in=sorted(withdrawn)) if withdrawn else None
 
 
 class GateClosed(ReviewError):
@@ -172,11 +195,18 @@ def create_batch(
             # A finding closed as "rerun" condemned this run's output; a fresh sample of the
             # same output must not get a second chance to pass.
             raise ReviewError(f"de-id run {run.pk} was superseded by a re-run")
+        ok = DeidFileResult.objects.filter(run=run, status=DeidFileResult.Status.OK)
+        results_ok = ok.count()
+        # A patient who withdrew consent is not sampled: nobody is to look at their files
+        # again, and datasets never packs them, so the gate is about the files that remain.
+        withdrawn = withdrawn_pseudonyms()
+        if withdrawn:
+            ok = ok.exclude(patient_pseudonym__in=sorted(withdrawn))
         population = [
             (pk, stratum_of(kind, modality, source_id), is_flagged)
-            for pk, kind, modality, source_id, is_flagged in DeidFileResult.objects.filter(
-                run=run, status=DeidFileResult.Status.OK
-            ).values_list("pk", "kind", "modality", "raw_file__source_id", "flagged")
+            for pk, kind, modality, source_id, is_flagged in ok.values_list(
+                "pk", "kind", "modality", "raw_file__source_id", "flagged"
+            )
         ]
         if not population:
             raise ReviewError(f"de-id run {run.pk} has no de-identified files to review")
@@ -198,7 +228,7 @@ def create_batch(
             double_review_fraction=double,
             lease_seconds=lease_seconds,
             items_total=len(draws),
-            results_ok=len(population),
+            results_ok=results_ok,
             created_by_id=acting_user.pk,
         )
         ReviewItem.objects.bulk_create(
@@ -221,6 +251,7 @@ def create_batch(
                 "run_id": run.pk,
                 "items": len(draws),
                 "population": len(population),
+                "withdrawn_not_sampled": results_ok - len(population),
                 "flagged_only": sum(d.flagged for d in draws),
                 "double_reviewed": n_double,
                 "fraction": fraction,
@@ -244,20 +275,22 @@ def next_item(batch: ReviewBatch, reviewer: User) -> ReviewItem | None:
     PostgreSQL: ``SELECT … FOR UPDATE SKIP LOCKED`` lets fifty reviewers claim different rows
     without waiting on each other; the conditional UPDATE that takes the lease is the truth
     either way (SQLite serializes writers with BEGIN IMMEDIATE instead). Items this reviewer
-    already judged, in any round, are never offered to them again.
+    already judged, in any round, are never offered to them again, nor is any item of a
+    patient who withdrew consent (a lease on one is handed back).
     """
     _require_role(reviewer, {CLINICIAN}, "review items")
     skip_locked = connection.features.has_select_for_update_skip_locked
+    pending = ReviewItem.objects.filter(batch_id=batch.pk, status=ReviewItem.Status.PENDING)
+    if (withdrawn := _withdrawn_q()) is not None:
+        pending.filter(withdrawn, lease_user_id=reviewer.pk).update(
+            lease_user_id=None, leased_at=None, lease_expires_at=None
+        )
+        pending = pending.exclude(withdrawn)
     for _attempt in range(5):
         now = timezone.now()
         with transaction.atomic():
             held = (
-                ReviewItem.objects.filter(
-                    batch_id=batch.pk,
-                    status=ReviewItem.Status.PENDING,
-                    lease_user_id=reviewer.pk,
-                    lease_expires_at__gt=now,
-                )
+                pending.filter(lease_user_id=reviewer.pk, lease_expires_at__gt=now)
                 .order_by("position")
                 .first()
             )
@@ -266,8 +299,7 @@ def next_item(batch: ReviewBatch, reviewer: User) -> ReviewItem | None:
             if not ReviewBatch.objects.filter(pk=batch.pk, status=ReviewBatch.Status.OPEN).exists():
                 return None
             free = (
-                ReviewItem.objects.filter(batch_id=batch.pk, status=ReviewItem.Status.PENDING)
-                .filter(_free(now))
+                pending.filter(_free(now))
                 .exclude(pk__in=Verdict.objects.filter(reviewer_id=reviewer.pk).values("item_id"))
                 .order_by("position")
             )
@@ -358,6 +390,8 @@ def submit_verdict(
             raise ReviewError(f"review batch {item.batch_id} is {item.batch.status}")
         if item.status != ReviewItem.Status.PENDING or item.lease_user_id != reviewer.pk:
             raise LeaseLost(f"review item {item.pk} is not leased to you any more")
+        if is_withdrawn(item):
+            raise Withdrawn()
         if Verdict.objects.filter(item=item, reviewer_id=reviewer.pk).exists():
             raise ReviewError(f"you already judged review item {item.pk}")
         now = timezone.now()
@@ -518,6 +552,7 @@ class Gate:
     passed: int
     failed: int
     stale: int
+    withdrawn: int
     rate: float | None
     lower_bound: float
     threshold: float
@@ -533,8 +568,14 @@ class Gate:
     def releasable(self) -> bool:
         return not self.reasons
 
+    @property
+    def required(self) -> int:
+        """Items that must be reviewed: all but those left out by a consent withdrawal."""
+        return self.items - self.withdrawn
+
     def as_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in self.__dict__.items() if k != "strata"}
+        data["required"] = self.required
         data["strata"] = [s.__dict__ for s in self.strata]
         data["releasable"] = self.releasable
         return data
@@ -546,13 +587,26 @@ def gate(batch: ReviewBatch) -> Gate:
     An item passes when every verdict of its current round passed (a double-review
     disagreement counts as a fail). Open when: the batch is open, every item is reviewed,
     no verdict is stale, no finding is unresolved, and the bound reaches the threshold.
+
+    Items of a patient who withdrew consent are not required: they are never offered again
+    and their files are never packed. A current verdict already given on one still counts,
+    pass or fail: it is evidence about the run's rules, which de-identified everybody else's
+    files too, and a withdrawal must not wash a failure out of the rate.
     """
     confidence = policy("CONFIDENCE")
     items = list(
         ReviewItem.objects.filter(batch_id=batch.pk).values(
-            "pk", "stratum", "status", "outcome", "round", "result__output_sha256", "result__status"
+            "pk",
+            "stratum",
+            "status",
+            "outcome",
+            "round",
+            "result__output_sha256",
+            "result__status",
+            "result__patient_pseudonym",
         )
     )
+    withdrawn_patients = withdrawn_pseudonyms()
     verdicts = list(
         Verdict.objects.filter(item__batch_id=batch.pk)
         .order_by("created", "pk")
@@ -561,18 +615,24 @@ def gate(batch: ReviewBatch) -> Gate:
     by_round: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
     for v in verdicts:
         by_round[(v["item_id"], v["round"])].append(v)
-    stale = not_ok = 0
+    stale = not_ok = withdrawn = 0
     strata: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     reviewed = passed = 0
     for it in items:
+        current = by_round.get((it["pk"], it["round"]), [])
+        is_stale = any(v["output_sha256"] != it["result__output_sha256"] for v in current)
+        if it["result__patient_pseudonym"] in withdrawn_patients and (
+            it["status"] != ReviewItem.Status.DONE or is_stale
+        ):
+            withdrawn += 1
+            continue
         s = strata[it["stratum"]]
         s[0] += 1
         if it["result__status"] != DeidFileResult.Status.OK:
             not_ok += 1
         if it["status"] != ReviewItem.Status.DONE:
             continue
-        current = by_round.get((it["pk"], it["round"]), [])
-        if any(v["output_sha256"] != it["result__output_sha256"] for v in current):
+        if is_stale:
             stale += 1
             continue
         reviewed += 1
@@ -592,6 +652,7 @@ def gate(batch: ReviewBatch) -> Gate:
         passed=passed,
         failed=reviewed - passed,
         stale=stale,
+        withdrawn=withdrawn,
         rate=(passed / reviewed) if reviewed else None,
         lower_bound=lower,
         threshold=batch.threshold,
@@ -614,15 +675,16 @@ def gate(batch: ReviewBatch) -> Gate:
     )
     if batch.status != ReviewBatch.Status.OPEN:
         g.reasons.append(_("The review batch is %(status)s.") % {"status": batch.status})
-    if reviewed + stale < len(items):
-        waiting = len(items) - reviewed - stale
+    required = len(items) - withdrawn
+    if reviewed + stale < required:
+        waiting = required - reviewed - stale
         g.reasons.append(
             ngettext(
                 "%(n)d of %(total)d sampled items is not reviewed yet.",
                 "%(n)d of %(total)d sampled items are not reviewed yet.",
                 waiting,
             )
-            % {"n": waiting, "total": len(items)}
+            % {"n": waiting, "total": required}
         )
     if stale:
         g.reasons.append(
@@ -760,17 +822,24 @@ def released_results(run: DeidRun) -> QuerySet[DeidFileResult]:
 
 
 def progress(batch: ReviewBatch) -> dict[str, int]:
-    """Items reviewed, leased now and waiting; verdicts given of those needed."""
+    """Items reviewed, leased now and waiting, of those still to be reviewed: pending items
+    of a patient who withdrew consent are counted apart (``withdrawn``), not as waiting."""
     now = timezone.now()
     items = ReviewItem.objects.filter(batch_id=batch.pk)
-    total = items.count()
+    pending = items.filter(status=ReviewItem.Status.PENDING)
+    withdrawn = 0
+    if (withdrawn_q := _withdrawn_q()) is not None:
+        withdrawn = pending.filter(withdrawn_q).count()
+        pending = pending.exclude(withdrawn_q)
     done = items.filter(status=ReviewItem.Status.DONE).count()
-    leased = items.filter(status=ReviewItem.Status.PENDING, lease_expires_at__gt=now).count()
+    total = done + pending.count()
+    leased = pending.filter(lease_expires_at__gt=now).count()
     return {
         "total": total,
         "done": done,
         "leased": leased,
         "waiting": total - done - leased,
+        "withdrawn": withdrawn,
         "percent": round(100 * done / total) if total else 0,
     }
 
@@ -841,12 +910,18 @@ def _inside(root: str, rel: str) -> Path:
 
 
 def output_path(item: ReviewItem) -> Path:
-    """The de-identified file under the run's output root (never outside it)."""
+    """The de-identified file under the run's output root (never outside it); refused
+    (``Withdrawn``) once the patient withdrew consent, to every role."""
+    if is_withdrawn(item):
+        raise Withdrawn()
     return _inside(item.result.run.output_root, item.result.output_relpath)
 
 
 def original_path(item: ReviewItem) -> Path:
-    """The raw file under its source's raw root (never outside it)."""
+    """The raw file under its source's raw root (never outside it); refused like
+    ``output_path`` once the patient withdrew consent."""
+    if is_withdrawn(item):
+        raise Withdrawn()
     raw = item.result.raw_file
     return _inside(raw.source.raw_root, raw.relpath)
 
@@ -897,9 +972,10 @@ def open_original(item: ReviewItem, *, acting_user: User, reason: str, ticket: s
 def overview() -> list[tuple[str, Any]]:
     """Review's card on the overview page: what waits for clinicians, what was released."""
     open_batches = ReviewBatch.objects.filter(status=ReviewBatch.Status.OPEN)
-    waiting = ReviewItem.objects.filter(
-        batch__in=open_batches, status=ReviewItem.Status.PENDING
-    ).count()
+    pending = ReviewItem.objects.filter(batch__in=open_batches, status=ReviewItem.Status.PENDING)
+    if (withdrawn_q := _withdrawn_q()) is not None:
+        pending = pending.exclude(withdrawn_q)
+    waiting = pending.count()
     return [
         (_("open batches"), open_batches.count()),
         (_("items waiting"), waiting),

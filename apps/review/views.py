@@ -257,6 +257,8 @@ def _item_context(request: HttpRequest, item: ReviewItem, *, live: bool) -> dict
             ctx["wave_signals"] = wave["signals"]
         else:
             ctx["error"] = _("This kind of file (%(kind)s) has no viewer.") % {"kind": result.kind}
+    except services.Withdrawn as exc:
+        ctx.update(withdrawn=str(exc), live=False, can_original=False)
     except (services.ReviewError, rendering.RenderError) as exc:
         ctx["error"] = str(exc)
     return ctx
@@ -357,7 +359,10 @@ def image(request: HttpRequest, pk: int) -> HttpResponse:
     try:
         path = services.output_path(item)
     except services.ReviewError as exc:
-        return HttpResponse(str(exc), status=422, content_type="text/plain; charset=utf-8")
+        gone = isinstance(exc, services.Withdrawn)
+        return HttpResponse(
+            str(exc), status=410 if gone else 422, content_type="text/plain; charset=utf-8"
+        )
     return _png(path, request)
 
 
@@ -415,5 +420,8 @@ def original_image(request: HttpRequest, pk: int) -> HttpResponse:
     try:
         path = services.original_path(item)
     except services.ReviewError as exc:
-        return HttpResponse(str(exc), status=422, content_type="text/plain; charset=utf-8")
+        gone = isinstance(exc, services.Withdrawn)
+        return HttpResponse(
+            str(exc), status=410 if gone else 422, content_type="text/plain; charset=utf-8"
+        )
     return _png(path, request)

@@ -216,5 +216,6 @@ def test_dashboards_count_per_reviewer_and_per_category(batch, clinicians):
         "done": 6,
         "leased": 0,
         "waiting": 0,
+        "withdrawn": 0,
         "percent": 100,
     }
