@@ -11,7 +11,9 @@ Routes (registered by controlplane/api.py):
 - ``/api/datasets/consumer-lineage/?kind=jobs.trainingrun&id=<run id>``: every raw file behind
   a training run (across the versions it read), paginated.
 - ``/api/datasets/withdrawals/``: patients who withdrew consent; create (privacy officers)
-  records one (201, or 200 when already recorded).
+  records one (201, or 200 when one is already in force).
+- ``/api/datasets/reinstatements/``: re-consents that ended a withdrawal; create (privacy
+  officers, with a case number).
 - ``/api/datasets/annotations/``: list (``?version=``), retrieve, create (multipart upload).
 """
 
@@ -46,6 +48,7 @@ from apps.datasets.access import (
 from apps.datasets.filtersets import VersionFilterForm
 from apps.datasets.models import (
     AnnotationSet,
+    ConsentReinstatement,
     ConsentWithdrawal,
     DatasetMember,
     DatasetUse,
@@ -390,10 +393,23 @@ class ConsumerLineageViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
 
 class WithdrawalSerializer(serializers.ModelSerializer):
     recorded_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    reinstated_at = serializers.DateTimeField(
+        source="reinstatement.recorded_at",
+        read_only=True,
+        allow_null=True,
+        help_text="when a re-consent ended this withdrawal; null while it is in force",
+    )
 
     class Meta:
         model = ConsentWithdrawal
-        fields = ["id", "patient_pseudonym", "reference", "recorded_at", "recorded_by"]
+        fields = [
+            "id",
+            "patient_pseudonym",
+            "reference",
+            "recorded_at",
+            "recorded_by",
+            "reinstated_at",
+        ]
         read_only_fields = fields
 
 
@@ -414,7 +430,7 @@ class ConsentWithdrawalViewSet(
     allowed_roles = set(LINEAGE)
     action_roles = {"create": set(WITHDRAW)}
     serializer_class = WithdrawalSerializer
-    queryset = ConsentWithdrawal.objects.select_related("recorded_by")
+    queryset = ConsentWithdrawal.objects.select_related("recorded_by", "reinstatement")
 
     @extend_schema(
         request=WithdrawalRequestSerializer,
@@ -439,6 +455,66 @@ class ConsentWithdrawalViewSet(
             WithdrawalSerializer(row).data,
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
         )
+
+
+class ReinstatementSerializer(serializers.ModelSerializer):
+    recorded_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    patient_pseudonym = serializers.CharField(source="withdrawal.patient_pseudonym", read_only=True)
+
+    class Meta:
+        model = ConsentReinstatement
+        fields = [
+            "id",
+            "withdrawal",
+            "patient_pseudonym",
+            "reference",
+            "recorded_at",
+            "recorded_by",
+        ]
+        read_only_fields = fields
+
+
+class ReinstatementRequestSerializer(serializers.Serializer):
+    patient_pseudonym = serializers.CharField(max_length=80)
+    reference = serializers.CharField(max_length=80)
+
+
+class ConsentReinstatementViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Re-consents that ended a withdrawal (docs/datasets.md "Consent withdrawal"): read by
+    those who read lineage; recorded only by privacy officers, with a case number.
+    Append-only: no update or delete."""
+
+    allowed_roles = set(LINEAGE)
+    action_roles = {"create": set(WITHDRAW)}
+    serializer_class = ReinstatementSerializer
+    queryset = ConsentReinstatement.objects.select_related("recorded_by", "withdrawal")
+
+    @extend_schema(
+        request=ReinstatementRequestSerializer,
+        responses={
+            201: ReinstatementSerializer,
+            400: OpenApiResponse(
+                description="no withdrawal in force for that patient, or not a case number"
+            ),
+        },
+    )
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        data = ReinstatementRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            row = services.reinstate_consent(
+                data.validated_data["patient_pseudonym"],
+                reference=data.validated_data["reference"],
+                acting_user=request.user,
+            )
+        except services.DatasetError as exc:
+            raise ValidationError({"detail": str(exc)}) from None
+        return Response(ReinstatementSerializer(row).data, status=status.HTTP_201_CREATED)
 
 
 class AnnotationSetViewSet(
@@ -493,4 +569,5 @@ routes = [
     ("datasets/consumer-lineage", ConsumerLineageViewSet, "datasetconsumerlineage"),
     ("datasets/annotations", AnnotationSetViewSet, "annotationset"),
     ("datasets/withdrawals", ConsentWithdrawalViewSet, "consentwithdrawal"),
+    ("datasets/reinstatements", ConsentReinstatementViewSet, "consentreinstatement"),
 ]

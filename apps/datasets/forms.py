@@ -94,3 +94,20 @@ class WithdrawalForm(forms.Form):
         label=_("The patient withdrew consent: leave their data out of every later version"),
         required=True,
     )
+
+
+class ReinstatementForm(forms.Form):
+    """A privacy officer records that a patient consented again (services.reinstate_consent
+    checks the pseudonym and the case number, which is required here)."""
+
+    pseudonym = forms.CharField(max_length=80, strip=True, widget=forms.HiddenInput)
+    reference = forms.CharField(
+        label=_("Case number"),
+        max_length=80,
+        strip=True,
+        help_text=_("The new consent's (or the correction's) case number; never a name."),
+    )
+    confirm = forms.BooleanField(
+        label=_("The patient consented again: later versions may pack their data"),
+        required=True,
+    )

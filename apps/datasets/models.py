@@ -139,18 +139,9 @@ class DatasetUse(models.Model):
         return f"{self.consumer_kind}:{self.consumer_id} used {self.version_id}"
 
 
-class ConsentWithdrawal(models.Model):
-    """A patient (by pseudonym) withdrew consent: no version built afterwards packs any of
-    their files, whatever run or source they come from.
+class ConsentRecord(models.Model):
+    """Who recorded a consent decision, and when (withdrawal or re-consent)."""
 
-    Versions built before stay as they are (immutable, and training runs may have read them);
-    the pages flag them and the lineage report lists who read them. Written only through
-    ``services.withdraw_consent``; append-only (the database refuses UPDATE, the application
-    has no delete path). ``reference`` is the request's case number, never free text.
-    """
-
-    patient_pseudonym = models.CharField(max_length=80, unique=True)
-    reference = models.CharField(max_length=80, blank=True)
     recorded_at = models.DateTimeField(default=timezone.now)
     recorded_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -161,7 +152,25 @@ class ConsentWithdrawal(models.Model):
     )
 
     class Meta:
+        abstract = True
         ordering = ["-recorded_at", "-pk"]
+
+
+class ConsentWithdrawal(ConsentRecord):
+    """A patient (by pseudonym) withdrew consent: no version built afterwards packs any of
+    their files, whatever run or source they come from.
+
+    Versions built before stay as they are (immutable, and training runs may have read them);
+    the pages flag them and the lineage report lists who read them. Written only through
+    ``services.withdraw_consent``; append-only (the database refuses UPDATE, the application
+    has no delete path). ``reference`` is the request's case number, never free text.
+
+    In force until a :class:`ConsentReinstatement` names it; a patient who withdraws again
+    after that gets a new row, so the history reads in order.
+    """
+
+    patient_pseudonym = models.CharField(max_length=80, db_index=True)
+    reference = models.CharField(max_length=80, blank=True)
 
     def __str__(self) -> str:
         return f"consent withdrawn: {self.patient_pseudonym}"
@@ -245,3 +254,22 @@ class AnnotationSet(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} v{self.number} on {self.version_id}"
+
+
+class ConsentReinstatement(ConsentRecord):
+    """The patient consented again, or the withdrawal was recorded against the wrong patient:
+    the withdrawal stops applying from now on (later builds pack the patient again, the
+    flags on older versions go away, review offers their items again).
+
+    Written only through ``services.reinstate_consent`` by a privacy officer, with the new
+    consent's (or the correction's) case number, which is required; append-only like the
+    withdrawal it names (the database refuses UPDATE; no delete path).
+    """
+
+    withdrawal = models.OneToOneField(
+        ConsentWithdrawal, on_delete=models.PROTECT, related_name="reinstatement"
+    )
+    reference = models.CharField(max_length=80)
+
+    def __str__(self) -> str:
+        return f"consent reinstated: {self.withdrawal.patient_pseudonym}"

@@ -41,6 +41,7 @@ from apps.audit.services import record
 from apps.datasets import packing
 from apps.datasets.models import (
     AnnotationSet,
+    ConsentReinstatement,
     ConsentWithdrawal,
     DatasetMember,
     DatasetUse,
@@ -850,7 +851,8 @@ class Reach:
     uses: list[DatasetUse]
     members: QuerySet[DatasetMember] | None = None  # the lineage rows, for exports
     patient: str = ""  # the pseudonym, when the report is a patient's
-    withdrawal: ConsentWithdrawal | None = None  # that patient's, once recorded
+    withdrawal: ConsentWithdrawal | None = None  # that patient's, while in force
+    consent_history: list[ConsentWithdrawal] = field(default_factory=list)  # oldest first
     # Packed files whose sample names no patient (no study, no patient ID in the file): no
     # patient search can reach them, so a withdrawal says how many there are.
     unlinked_files: int = 0
@@ -963,10 +965,9 @@ def reach_of_patient(pseudonym: str) -> Reach:
     reach = _reach(f"patient {pseudonym}", members, raw_ids)
     reach.patient = pseudonym
     reach.unlinked_files = DatasetMember.objects.filter(patient_pseudonym="").count()
-    reach.withdrawal = (
-        ConsentWithdrawal.objects.select_related("recorded_by")
-        .filter(patient_pseudonym=pseudonym)
-        .first()
+    reach.consent_history = consent_history(pseudonym)
+    reach.withdrawal = next(
+        (w for w in reversed(reach.consent_history) if not hasattr(w, "reinstatement")), None
     )
     return reach
 
@@ -1054,6 +1055,22 @@ REFERENCE_PATTERN = re.compile(r"[A-Za-z0-9_.:/#-]{0,80}\Z")
 _ONE_LINE = re.compile(r"[\x00-\x1f\x7f]")
 
 
+def _consent_fields(pseudonym: str, reference: str) -> tuple[str, str]:
+    pseudonym, reference = (pseudonym or "").strip(), (reference or "").strip()
+    if not pseudonym or len(pseudonym) > 80 or _ONE_LINE.search(pseudonym):
+        raise DatasetError("a pseudonym is 1 to 80 characters on one line")
+    if not REFERENCE_PATTERN.match(reference):
+        raise DatasetError(
+            "the reference is a case number: letters, digits and - _ . : / #, at most 80"
+        )
+    return pseudonym, reference
+
+
+def active_withdrawals() -> QuerySet[ConsentWithdrawal]:
+    """Withdrawals in force: those no reinstatement has ended."""
+    return ConsentWithdrawal.objects.filter(reinstatement__isnull=True)
+
+
 def withdraw_consent(
     pseudonym: str, *, reference: str, acting_user: User | None
 ) -> tuple[ConsentWithdrawal, bool]:
@@ -1064,24 +1081,21 @@ def withdraw_consent(
     False). The audit event's state holds the pseudonym and reference (hashed, like all
     state); its details say which versions already hold the patient's data.
     """
-    pseudonym, reference = (pseudonym or "").strip(), (reference or "").strip()
-    if not pseudonym or len(pseudonym) > 80 or _ONE_LINE.search(pseudonym):
-        raise DatasetError("a pseudonym is 1 to 80 characters on one line")
-    if not REFERENCE_PATTERN.match(reference):
-        raise DatasetError(
-            "the reference is a case number: letters, digits and - _ . : / #, at most 80"
-        )
+    pseudonym, reference = _consent_fields(pseudonym, reference)
     if not (
         DeidFileResult.objects.filter(patient_pseudonym=pseudonym).exists()
         or DatasetMember.objects.filter(patient_pseudonym=pseudonym).exists()
     ):
         raise DatasetError(f"no de-identified file belongs to patient {pseudonym}")
     with transaction.atomic():
-        row, created = ConsentWithdrawal.objects.get_or_create(
-            patient_pseudonym=pseudonym,
-            defaults={"reference": reference, "recorded_by": acting_user},
-        )
-        if created:
+        # Two officers recording the same request at once may both write a row: harmless,
+        # both are in force and a reinstatement ends every one of them.
+        row = active_withdrawals().filter(patient_pseudonym=pseudonym).first()
+        created = row is None
+        if row is None:
+            row = ConsentWithdrawal.objects.create(
+                patient_pseudonym=pseudonym, reference=reference, recorded_by=acting_user
+            )
             reach = reach_of_patient(pseudonym)
             record(
                 "datasets.consent_withdrawn",
@@ -1105,9 +1119,68 @@ def withdrawn_members() -> QuerySet[DatasetMember]:
 
 
 def withdrawn_pseudonyms() -> set[str]:
-    """Every patient who withdrew consent. Withdrawals are few (patients, not files): the
-    table is read whole, and the packer and the lineage checks match against the set."""
-    return set(ConsentWithdrawal.objects.values_list("patient_pseudonym", flat=True))
+    """Every patient whose consent withdrawal is in force. Withdrawals are few (patients,
+    not files): the table is read whole, and the packer, the lineage checks and review
+    match against the set."""
+    return set(active_withdrawals().values_list("patient_pseudonym", flat=True))
+
+
+def reinstate_consent(
+    pseudonym: str, *, reference: str, acting_user: User | None
+) -> ConsentReinstatement:
+    """End a patient's withdrawal: they consented again (or it was recorded against the
+    wrong patient). Later builds pack them again, older versions are no longer flagged and
+    review offers their items again; versions built meanwhile stay without them.
+
+    Needs a withdrawal in force and a case number (the new consent's, or the correction's):
+    undoing a withdrawal with nothing to show for it is refused. Both rows stay (append-only),
+    so the patient report reads the history in order. Audited like the withdrawal: pseudonym
+    and case number only as the hash of the state.
+    """
+    pseudonym, reference = _consent_fields(pseudonym, reference)
+    if not reference:
+        raise DatasetError("re-consent needs the case number of the new consent or correction")
+    try:
+        return _reinstate(pseudonym, reference, acting_user)
+    except IntegrityError:
+        # Another officer's re-consent ended the same withdrawal a moment earlier (the lock
+        # does not re-read the join); it is no longer in force either way.
+        raise DatasetError(f"patient {pseudonym} has no consent withdrawal in force") from None
+
+
+def _reinstate(pseudonym: str, reference: str, acting_user: User | None) -> ConsentReinstatement:
+    with transaction.atomic():
+        rows = list(
+            active_withdrawals()
+            .select_for_update(of=("self",))
+            .filter(patient_pseudonym=pseudonym)
+            .order_by("recorded_at", "pk")
+        )
+        if not rows:
+            raise DatasetError(f"patient {pseudonym} has no consent withdrawal in force")
+        made = [
+            ConsentReinstatement.objects.create(
+                withdrawal=row, reference=reference, recorded_by=acting_user
+            )
+            for row in rows
+        ]
+        record(
+            "datasets.consent_reinstated",
+            _resource(made[0]),
+            actor=acting_user,
+            post={"patient_pseudonym": pseudonym, "reference": reference},
+            details={"withdrawals": [row.pk for row in rows]},
+        )
+    return made[0]
+
+
+def consent_history(pseudonym: str) -> list[ConsentWithdrawal]:
+    """A patient's withdrawals, oldest first, each with its reinstatement if any."""
+    return list(
+        ConsentWithdrawal.objects.filter(patient_pseudonym=pseudonym)
+        .select_related("recorded_by", "reinstatement", "reinstatement__recorded_by")
+        .order_by("recorded_at", "pk")
+    )
 
 
 def versions_holding_withdrawn(version_ids: list[int]) -> set[int]:
@@ -1298,7 +1371,7 @@ def overview() -> list[tuple[str, Any]]:
 def lineage_overview() -> list[tuple[str, Any]]:
     """The lineage card on the overview page: consent withdrawals and what they touch."""
     return [
-        (_("consent withdrawals"), ConsentWithdrawal.objects.count()),
+        (_("consent withdrawals in force"), active_withdrawals().count()),
         (
             _("versions holding withdrawn data"),
             withdrawn_members().values("version_id").distinct().count(),

@@ -9,6 +9,7 @@ urlpatterns = [
     path("lineage/", views.lineage_search, name="lineage"),
     path("lineage.csv", views.lineage_csv, name="lineage_csv"),
     path("lineage/withdraw/", views.consent_withdraw, name="withdraw"),
+    path("lineage/reinstate/", views.consent_reinstate, name="reinstate"),
     path(
         "lineage/of/<str:kind>/<str:consumer_id>/", views.consumer_lineage, name="consumer_lineage"
     ),

@@ -27,7 +27,13 @@ from apps.datasets.access import (
     WITHDRAW,
 )
 from apps.datasets.filtersets import VersionFilterForm
-from apps.datasets.forms import AnnotationForm, BuildForm, LineageSearchForm, WithdrawalForm
+from apps.datasets.forms import (
+    AnnotationForm,
+    BuildForm,
+    LineageSearchForm,
+    ReinstatementForm,
+    WithdrawalForm,
+)
 from apps.datasets.models import AnnotationSet, DatasetVersion
 
 PAGE_SIZE = 50
@@ -307,6 +313,32 @@ def consent_withdraw(request: HttpRequest) -> HttpResponse:
                 _("Consent withdrawal recorded: no later version packs this patient's data.")
                 if created
                 else _("This patient's withdrawal was already recorded."),
+            )
+    query = urlencode({"q": pseudonym, "kind": "patient"})
+    return redirect(f"{reverse('datasets:lineage')}?{query}")
+
+
+@roles(*WITHDRAW)
+@require_POST
+def consent_reinstate(request: HttpRequest) -> HttpResponse:
+    """Record a patient's renewed consent from their lineage report, then show it again."""
+    form = ReinstatementForm(request.POST)
+    if not form.is_valid():
+        messages.error(
+            request, _("Give the case number and tick the confirmation to record re-consent.")
+        )
+        pseudonym = str(request.POST.get("pseudonym", ""))[:80]
+    else:
+        pseudonym = form.cleaned_data["pseudonym"]
+        try:
+            services.reinstate_consent(
+                pseudonym, reference=form.cleaned_data["reference"], acting_user=request.user
+            )
+        except services.DatasetError as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(
+                request, _("Re-consent recorded: versions built from now on may pack this data.")
             )
     query = urlencode({"q": pseudonym, "kind": "patient"})
     return redirect(f"{reverse('datasets:lineage')}?{query}")

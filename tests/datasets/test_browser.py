@@ -32,7 +32,7 @@ def test_a_privacy_officer_records_a_consent_withdrawal_from_the_patient_report(
 ):
     from django_otp.plugins.otp_totp.models import TOTPDevice
 
-    from apps.datasets.models import ConsentWithdrawal
+    from apps.datasets.models import ConsentReinstatement, ConsentWithdrawal
 
     officer = cast["privacy_officer"]
     sign_in(page, live_server.url, officer, TOTPDevice.objects.get(user=officer))
@@ -53,3 +53,19 @@ def test_a_privacy_officer_records_a_consent_withdrawal_from_the_patient_report(
     assert ConsentWithdrawal.objects.get().patient_pseudonym == "P-BBBB"
     page.goto(f"{live_server.url}/datasets/{built.pk}/")
     expect(page.locator("[data-testid=withdrawn-samples]")).to_contain_text("1 sample")
+
+    # The patient consents again: recorded from the same report, the flag goes away.
+    page.goto(f"{live_server.url}/datasets/lineage/?q=P-BBBB&kind=patient")
+    page.locator("[data-testid=reinstate] summary").click()
+    again = page.locator("[data-testid=reinstate-form]")
+    again.locator("input[name=confirm]").check()
+    again.locator("[data-testid=reinstate-submit]").click()  # no case number: the browser stops it
+    assert not ConsentReinstatement.objects.exists()
+    again.locator("input[name=reference]").fill("DPO-2026-052")
+    again.locator("[data-testid=reinstate-submit]").click()
+    expect(page.locator("[data-testid=consent-history]")).to_contain_text("case DPO-2026-052")
+    expect(page.locator("[data-testid=withdrawn]")).to_have_count(0)
+    expect(page.locator("[data-testid=withdraw-form]")).to_be_visible()
+    page.goto(f"{live_server.url}/datasets/{built.pk}/")
+    expect(page.locator("h1")).to_be_visible()
+    expect(page.locator("[data-testid=withdrawn-samples]")).to_have_count(0)

@@ -261,3 +261,177 @@ def test_the_version_list_flags_versions_holding_withdrawn_data(built, world, as
     assert 'data-testid="withdrawn-flag"' in rows[built.pk]
     assert 'data-testid="withdrawn-flag"' in rows[later.pk]
     assert 'data-testid="withdrawn-flag"' not in rows[after.pk]
+
+
+# --- re-consent ------------------------------------------------------------------------------
+
+
+def test_re_consent_ends_the_withdrawal_and_later_builds_pack_the_patient_again(
+    built, world, user_of
+):
+    from apps.datasets.models import ConsentReinstatement
+
+    officer = user_of("privacy_officer")
+    services.withdraw_consent("P-BBBB", reference="DPO-1", acting_user=officer)
+    during = services.build_version("during", [world.run], target_shard_mb=1, acting_user=None)
+    assert services.withdrawn_samples(built) == 1
+    row = services.reinstate_consent("P-BBBB", reference="DPO-2", acting_user=officer)
+    assert isinstance(row, ConsentReinstatement) and row.withdrawal.patient_pseudonym == "P-BBBB"
+    assert services.withdrawn_pseudonyms() == set()
+    assert services.withdrawn_samples(built) == 0  # the old version is no longer flagged
+    after = services.build_version("after", [world.run], target_shard_mb=1, acting_user=None)
+    patient_b = {raw.pk for key, raw in world.raws.items() if key.startswith("b_")}
+    packed = set(DatasetMember.objects.filter(version=after).values_list("raw_file_id", flat=True))
+    assert patient_b <= packed and "consent_withdrawn" not in after.skipped
+    # The version built while the withdrawal was in force stays without them.
+    kept = set(DatasetMember.objects.filter(version=during).values_list("raw_file_id", flat=True))
+    assert not kept & patient_b
+    event = AuditEvent.objects.get(action="datasets.consent_reinstated")
+    assert event.user_id == officer.pk
+    assert "P-BBBB" not in str(event.details) and "DPO" not in str(event.details)
+
+
+def test_a_patient_may_withdraw_again_and_the_history_reads_in_order(built):
+    first, _ = services.withdraw_consent("P-CCCC", reference="DPO-1", acting_user=None)
+    services.reinstate_consent("P-CCCC", reference="DPO-2", acting_user=None)
+    second, created = services.withdraw_consent("P-CCCC", reference="DPO-3", acting_user=None)
+    assert created and second.pk != first.pk
+    assert services.withdrawn_pseudonyms() == {"P-CCCC"}
+    report = services.reach_of_patient("P-CCCC")
+    assert [w.reference for w in report.consent_history] == ["DPO-1", "DPO-3"]
+    assert report.consent_history[0].reinstatement.reference == "DPO-2"
+    assert report.withdrawal.pk == second.pk
+
+
+@pytest.mark.parametrize(
+    ("reference", "message"),
+    [
+        ("", "re-consent needs the case number"),
+        ("Wang Wu", "the reference is a case number"),
+        ("DPO-5", "patient P-AAAA has no consent withdrawal in force"),
+    ],
+)
+def test_re_consent_needs_a_withdrawal_in_force_and_a_case_number(built, reference, message):
+    from apps.datasets.models import ConsentReinstatement
+
+    with pytest.raises(services.DatasetError, match=message):
+        services.reinstate_consent("P-AAAA", reference=reference, acting_user=None)
+    if reference:  # also refused once it has been given
+        services.withdraw_consent("P-AAAA", reference="", acting_user=None)
+        services.reinstate_consent("P-AAAA", reference="DPO-5", acting_user=None)
+        with pytest.raises(services.DatasetError, match="has no consent withdrawal in force"):
+            services.reinstate_consent("P-AAAA", reference="DPO-6", acting_user=None)
+    assert ConsentReinstatement.objects.count() == (1 if reference else 0)
+
+
+def test_the_database_refuses_to_rewrite_a_reinstatement(built):
+    from apps.datasets.models import ConsentReinstatement
+
+    services.withdraw_consent("P-CCCC", reference="", acting_user=None)
+    row = services.reinstate_consent("P-CCCC", reference="DPO-2", acting_user=None)
+    with pytest.raises(DatabaseError), transaction.atomic():
+        ConsentReinstatement.objects.filter(pk=row.pk).update(reference="DPO-3")
+
+
+def test_a_privacy_officer_records_re_consent_from_the_patient_report(built, as_role):
+    services.withdraw_consent("P-BBBB", reference="DPO-1", acting_user=None)
+    client = as_role("privacy_officer")
+    page = client.get("/datasets/lineage/?q=P-BBBB&kind=patient").content.decode()
+    assert 'data-testid="reinstate-form"' in page
+    refused = client.post(
+        "/datasets/lineage/reinstate/", {"pseudonym": "P-BBBB", "reference": "DPO-2"}, follow=True
+    )
+    assert "tick the confirmation to record re-consent" in refused.content.decode()
+    assert services.withdrawn_pseudonyms() == {"P-BBBB"}
+    response = client.post(
+        "/datasets/lineage/reinstate/",
+        {"pseudonym": "P-BBBB", "reference": "DPO-2", "confirm": "on"},
+        follow=True,
+    )
+    page = response.content.decode()
+    assert response.redirect_chain[-1][0] == "/datasets/lineage/?q=P-BBBB&kind=patient"
+    assert services.withdrawn_pseudonyms() == set()
+    assert 'data-testid="withdrawn"' not in page and 'data-testid="withdraw-form"' in page
+    assert "Consent given again" in page and "case DPO-2" in page
+    for role in ("data_steward", "auditor", "operator", "admin"):
+        services.withdraw_consent("P-BBBB", reference="DPO-3", acting_user=None)
+        forbidden = as_role(role).post(
+            "/datasets/lineage/reinstate/",
+            {"pseudonym": "P-BBBB", "reference": "DPO-4", "confirm": "on"},
+        )
+        assert forbidden.status_code == 403
+        assert services.withdrawn_pseudonyms() == {"P-BBBB"}
+
+
+def test_the_reinstatements_api_records_once_and_only_for_privacy_officers(built, as_role):
+    services.withdraw_consent("P-CCCC", reference="DPO-1", acting_user=None)
+    url = "/api/datasets/reinstatements/"
+    body = {"patient_pseudonym": "P-CCCC", "reference": "DPO-2"}
+    for role in ("data_steward", "operator", "auditor"):
+        assert as_role(role).post(url, body, content_type="application/json").status_code == 403
+    officer = as_role("privacy_officer")
+    created = officer.post(url, body, content_type="application/json")
+    assert created.status_code == 201, created.content
+    assert created.json()["patient_pseudonym"] == "P-CCCC"
+    assert created.json()["reference"] == "DPO-2"
+    again = officer.post(url, body, content_type="application/json")
+    assert again.status_code == 400 and "no consent withdrawal in force" in again.json()["detail"]
+    listed = as_role("auditor").get("/api/datasets/withdrawals/").json()["results"]
+    assert [(w["patient_pseudonym"], w["reinstated_at"] is not None) for w in listed] == [
+        ("P-CCCC", True)
+    ]
+    assert len(as_role("auditor").get(url).json()["results"]) == 1
+    row = f"{url}{created.json()['id']}/"
+    assert officer.delete(row).status_code == 405
+
+
+def test_reinstate_consent_from_the_command_line(built):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    services.withdraw_consent("P-BBBB", reference="DPO-1", acting_user=None)
+    out = StringIO()
+    call_command("reinstate_consent", "P-BBBB", "--reference", "DPO-9", stdout=out)
+    text = out.getvalue()
+    assert "patient P-BBBB: consent reinstated at" in text
+    assert "patient P-BBBB: consent withdrawn at" in text  # the history, then the reach
+    assert services.withdrawn_pseudonyms() == set()
+    with pytest.raises(CommandError, match="has no consent withdrawal in force"):
+        call_command("reinstate_consent", "P-BBBB", "--reference", "DPO-10", stdout=StringIO())
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_officers_recording_the_same_re_consent_at_once_record_it_once(on_postgres, world):
+    import threading
+
+    from django.db import connections
+
+    from apps.datasets.models import ConsentReinstatement
+
+    services.withdraw_consent("P-AAAA", reference="DPO-1", acting_user=None)
+    sessions = 8
+    start = threading.Barrier(sessions)
+    outcomes: list[str] = []
+
+    def officer(n: int) -> None:
+        try:
+            start.wait()
+            services.reinstate_consent("P-AAAA", reference=f"DPO-{n}", acting_user=None)
+            outcomes.append("recorded")
+        except services.DatasetError as exc:
+            outcomes.append(str(exc))
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=officer, args=(n,)) for n in range(sessions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(outcomes) == ["patient P-AAAA has no consent withdrawal in force"] * (
+        sessions - 1
+    ) + ["recorded"]
+    assert ConsentReinstatement.objects.count() == 1
+    assert AuditEvent.objects.filter(action="datasets.consent_reinstated").count() == 1

@@ -153,3 +153,15 @@ def test_nobody_sees_a_withdrawn_patients_item_on_the_pages_or_the_api(
     dashboard = privacy.get(f"/review/batches/{batch.pk}/").content.decode()
     assert 'data-testid="progress-withdrawn"' in dashboard
     assert 'data-testid="gate-withdrawn"' in dashboard
+
+
+def test_after_re_consent_the_items_are_offered_again(root, steward, cast, clinicians):
+    from apps.datasets.services import reinstate_consent
+
+    run, results = run_of(root, 3)
+    batch = draw(run, steward)
+    withdraw(results[0], cast)
+    assert services.gate(batch).withdrawn == 1
+    reinstate_consent(results[0].patient_pseudonym, reference="DPO-8", acting_user=None)
+    assert services.gate(batch).withdrawn == 0
+    assert f.review_everything(batch, clinicians(1)) == 3

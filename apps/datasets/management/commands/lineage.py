@@ -76,9 +76,12 @@ class Command(BaseCommand):
         if not found or not any(r.versions for r in found):
             summary.write(f"{subject}: in no dataset version")
         for report in found:
-            if report.withdrawal is not None:
-                when = report.withdrawal.recorded_at.isoformat(timespec="seconds")
+            for w in report.consent_history:
+                when = w.recorded_at.isoformat(timespec="seconds")
                 summary.write(f"{report.subject}: consent withdrawn at {when}")
+                if hasattr(w, "reinstatement"):
+                    again = w.reinstatement.recorded_at.isoformat(timespec="seconds")
+                    summary.write(f"{report.subject}: consent reinstated at {again}")
             if report.patient and report.unlinked_files:
                 summary.write(
                     f"{_n(report.unlinked_files, 'packed file')} name no patient: "
