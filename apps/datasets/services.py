@@ -853,6 +853,12 @@ class Reach:
     patient: str = ""  # the pseudonym, when the report is a patient's
     withdrawal: ConsentWithdrawal | None = None  # that patient's, while in force
     consent_history: list[ConsentWithdrawal] = field(default_factory=list)  # oldest first
+
+    @property
+    def consent_past(self) -> list[ConsentWithdrawal]:
+        """Withdrawals a re-consent ended (the one in force is ``withdrawal``)."""
+        return [w for w in self.consent_history if hasattr(w, "reinstatement")]
+
     # Packed files whose sample names no patient (no study, no patient ID in the file): no
     # patient search can reach them, so a withdrawal says how many there are.
     unlinked_files: int = 0

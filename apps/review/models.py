@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 from apps.core.models import TimeStampedModel
 from apps.deid.models import DeidFileResult, DeidRun
@@ -21,7 +22,7 @@ from apps.deid.models import DeidFileResult, DeidRun
 class Category(models.TextChoices):
     """What a failing verdict found; the order is the keyboard order (1–8)."""
 
-    NAME = "name", _("Name")
+    NAME = "name", pgettext_lazy("PHI category", "Name")  # a person's name: 姓名, not 名称
     ID_NUMBER = "id_number", _("ID number")
     PHONE = "phone", _("Phone")
     ADDRESS = "address", _("Address")
