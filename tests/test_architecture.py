@@ -71,3 +71,31 @@ def test_only_monitoring_queries_prometheus():
         and "prometheus_api_client" in imports_of(path)
     ]
     assert offenders == []
+
+
+# The names makemessages (xgettext) knows as translation calls; a string passed to any other
+# name, such as ``gettext_lazy as _lazy``, is never extracted and never translated.
+XGETTEXT_NAMES = {
+    "_",
+    "gettext",
+    "gettext_lazy",
+    "gettext_noop",
+    "ngettext",
+    "ngettext_lazy",
+    "pgettext",
+    "pgettext_lazy",
+    "npgettext",
+    "npgettext_lazy",
+}
+
+
+def test_translation_functions_are_imported_under_names_makemessages_extracts():
+    offenders = []
+    for path in python_files("apps") + python_files("controlplane"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module == "django.utils.translation":
+                for alias in node.names:
+                    name = alias.asname or alias.name
+                    if alias.name in XGETTEXT_NAMES and name not in XGETTEXT_NAMES:
+                        offenders.append(f"{path.relative_to(ROOT)}: {alias.name} as {name}")
+    assert offenders == []

@@ -15,10 +15,12 @@ from django.contrib.staticfiles import finders
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.formats import date_format
+from django.utils.formats import date_format, number_format
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from apps.core.access import roles, roles_of
@@ -160,21 +162,55 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render_page(request, "jobs/run_detail.html", "jobs/partials/run_state.html", context)
 
 
-def _readable(record: dict[str, Any] | None) -> list[tuple[str, str]]:
-    """A metrics record as (name, text): the time as a local date, numbers to 4 digits."""
+def _seconds(value: float) -> str:
+    return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def _count(value: float) -> str:
+    return number_format(round(value), force_grouping=True)
+
+
+def _float(value: float) -> str:
+    return f"{value:.4g}"
+
+
+# The trainer's metric names (docs/trainer.md), as people read them, and how to show the value.
+_METRICS: dict[str, tuple[Any, Any]] = {
+    "step": (gettext_lazy("Step"), _count),
+    "training_loss": (gettext_lazy("Loss"), _float),
+    "training_gradient_norm": (gettext_lazy("Gradient norm"), _float),
+    "training_learning_rate": (gettext_lazy("Learning rate"), lambda v: f"{v:.3e}"),
+    "training_tokens_per_second": (gettext_lazy("Tokens per second"), _count),
+    "training_step_seconds": (gettext_lazy("Step time"), _seconds),
+    "data_wait_seconds": (gettext_lazy("Waiting for data"), _seconds),
+    "training_dataloader_queue_depth": (gettext_lazy("Loader queue depth"), _count),
+    "training_tokens_seen_total": (gettext_lazy("Tokens seen"), _count),
+    "training_iterations_total": (gettext_lazy("Iterations"), _count),
+    "training_device_memory_bytes": (gettext_lazy("Device memory"), filesizeformat),
+    "training_allreduce_seconds": (gettext_lazy("All-reduce time"), _seconds),
+    "training_checkpoint_seconds": (gettext_lazy("Last checkpoint took"), _seconds),
+}
+
+
+def _readable(record: dict[str, Any] | None) -> list[dict[str, str]]:
+    """A metrics record as label, text and metric name (kept for Prometheus queries): the
+    time as a local date, counts grouped, durations in ms or s, memory in MiB/GiB; names the
+    page does not know are shown as they are, numbers to 4 digits."""
     if not record:
         return []
     out = []
     for key, value in record.items():
+        label, show = _METRICS.get(key, (key, _float))
         if key == "time" and isinstance(value, int | float):
+            label = _("Logged at")
             text = date_format(
                 timezone.localtime(datetime.fromtimestamp(value, tz=UTC)), "DATETIME_FORMAT"
             )
-        elif isinstance(value, float):
-            text = f"{value:.4g}"
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            text = str(show(value))
         else:
             text = str(value)
-        out.append((key, text))
+        out.append({"label": str(label), "text": text, "name": key})
     return out
 
 

@@ -23,7 +23,7 @@ from django.http import (
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy as _lazy
+from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_GET
 
 from apps.core.access import roles, roles_of
@@ -37,13 +37,13 @@ RELEASERS = {STEWARD, PRIVACY}
 GRANTS = "review_original_grants"
 # rendering.py stays free of Django; the preset names are translated here.
 PRESET_LABELS = {
-    "soft": _lazy("Soft tissue"),
-    "lung": _lazy("Lung"),
-    "bone": _lazy("Bone"),
-    "brain": _lazy("Brain"),
-    "liver": _lazy("Liver"),
-    "suv": _lazy("SUV 0–10"),
-    "auto": _lazy("Auto"),
+    "soft": gettext_lazy("Soft tissue"),
+    "lung": gettext_lazy("Lung"),
+    "bone": gettext_lazy("Bone"),
+    "brain": gettext_lazy("Brain"),
+    "liver": gettext_lazy("Liver"),
+    "suv": gettext_lazy("SUV 0–10"),
+    "auto": gettext_lazy("Auto"),
 }
 
 

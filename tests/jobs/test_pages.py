@@ -116,7 +116,8 @@ def test_the_run_page_charts_the_trainers_metrics(client_as, run):
     client = client_as("auditor")
     page = client.get(f"/jobs/runs/{run.pk}/").content.decode()
     assert 'data-testid="loss-chart"' in page and 'id="run-chart-data"' in page
-    assert '<dd class="mono">0.2</dd>' in page  # the last step's loss, 6/30, not the event
+    # The last step's loss, 6/30, not the event's.
+    assert '<dd class="mono" data-metric="training_loss">0.2</dd>' in page
     body = client.get(f"/jobs/runs/{run.pk}/metrics.json").json()
     assert body["series"]["step"] == list(range(1, 31)) and body["live"] is True
     assert body["series"]["training_loss"][-1] == pytest.approx(0.2)
@@ -357,3 +358,35 @@ def test_the_run_page_leads_to_the_data_behind_the_run(run, client_as):
     # Project managers read runs but not datasets: no links they could not follow.
     page = client_as("project_manager").get(f"/jobs/runs/{run.pk}/").content.decode()
     assert run.dataset_version.label in page and files not in page
+
+
+def test_the_latest_metrics_read_as_words_and_units_with_the_metric_names_kept():
+    from django.utils import translation
+
+    from apps.jobs.views import _readable
+
+    record = {
+        "step": 12000,
+        "training_loss": 1.629319965839386,
+        "training_tokens_per_second": 4049.4,
+        "training_step_seconds": 0.06323,
+        "training_checkpoint_seconds": 12.5,
+        "training_device_memory_bytes": 434600000,
+        "training_learning_rate": 0.0003054,
+        "some_new_metric": 0.123456789,
+    }
+    with translation.override("en"):
+        shown = {m["name"]: (m["label"], m["text"]) for m in _readable(record)}
+    assert shown == {
+        "step": ("Step", "12,000"),
+        "training_loss": ("Loss", "1.629"),
+        "training_tokens_per_second": ("Tokens per second", "4,049"),
+        "training_step_seconds": ("Step time", "63.2 ms"),
+        "training_checkpoint_seconds": ("Last checkpoint took", "12.50 s"),
+        "training_device_memory_bytes": ("Device memory", "414.5\xa0MB"),
+        "training_learning_rate": ("Learning rate", "3.054e-04"),
+        "some_new_metric": ("some_new_metric", "0.1235"),
+    }
+    with translation.override("zh-hans"):
+        labels = {m["name"]: m["label"] for m in _readable(record)}
+    assert labels["training_loss"] == "损失" and labels["step"] == "步数"
