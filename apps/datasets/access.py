@@ -12,6 +12,7 @@ from apps.core.roles import AUDITOR, CLINICIAN, OPERATOR, PRIVACY, STEWARD
 READ = (STEWARD, PRIVACY, OPERATOR, AUDITOR)
 BUILD = (STEWARD,)
 VERIFY = (STEWARD, PRIVACY, OPERATOR)
+TOKENIZE = (STEWARD, OPERATOR)  # trains a tokenizer on a version's text for training runs
 LINEAGE = (PRIVACY, STEWARD, AUDITOR)
 WITHDRAW = (PRIVACY,)  # records a patient's consent withdrawal
 LABELS_READ = (*READ, CLINICIAN)

@@ -14,6 +14,7 @@ Routes (registered by controlplane/api.py):
   records one (201, or 200 when one is already in force).
 - ``/api/datasets/reinstatements/``: re-consents that ended a withdrawal; create (privacy
   officers, with a case number).
+- ``/api/datasets/tokenizers/``: tokenizers trained on a version's text; create queues one.
 - ``/api/datasets/annotations/``: list (``?version=``), retrieve, create (multipart upload).
 """
 
@@ -35,13 +36,14 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from apps.datasets import registry, services
+from apps.datasets import registry, services, tokenizers
 from apps.datasets.access import (
     BUILD,
     LABELS_READ,
     LABELS_WRITE,
     LINEAGE,
     READ,
+    TOKENIZE,
     VERIFY,
     WITHDRAW,
 )
@@ -51,6 +53,7 @@ from apps.datasets.models import (
     ConsentReinstatement,
     ConsentWithdrawal,
     DatasetMember,
+    DatasetTokenizer,
     DatasetUse,
     DatasetVersion,
     VerifyCheck,
@@ -562,6 +565,80 @@ class AnnotationSetViewSet(
         return Response(AnnotationSetSerializer(created).data, status=status.HTTP_201_CREATED)
 
 
+class TokenizerSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = DatasetTokenizer
+        fields = [
+            "id",
+            "version",
+            "vocab_size",
+            "max_mb",
+            "status",
+            "merges_done",
+            "merges_total",
+            "ids",
+            "path",
+            "sha256",
+            "fingerprint",
+            "requested_at",
+            "finished_at",
+            "error",
+        ]
+        read_only_fields = fields
+
+
+class TokenizerRequestSerializer(serializers.Serializer):
+    version = serializers.PrimaryKeyRelatedField(queryset=DatasetVersion.objects.all())
+    vocab_size = serializers.IntegerField(
+        min_value=tokenizers.MIN_VOCAB, max_value=tokenizers.MAX_VOCAB
+    )
+    max_mb = serializers.FloatField(default=256.0)
+
+
+class TokenizerViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Tokenizers trained on a version's text (``?version=`` narrows). ``POST`` queues one
+    (stewards, operators): 202 with the row to poll, 200 when the same tokenizer is already
+    there or being made."""
+
+    allowed_roles = set(READ)
+    action_roles = {"create": set(TOKENIZE)}
+    serializer_class = TokenizerSerializer
+    queryset = DatasetTokenizer.objects.all()
+
+    def get_queryset(self) -> Any:
+        return _of_version(self, super().get_queryset())
+
+    @extend_schema(
+        request=TokenizerRequestSerializer,
+        responses={
+            202: TokenizerSerializer,
+            200: OpenApiResponse(TokenizerSerializer, description="already asked for"),
+            400: OpenApiResponse(description="not a ready version with text, or a bad range"),
+        },
+    )
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        data = TokenizerRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            row, created = tokenizers.request_tokenizer(
+                data.validated_data["version"],
+                vocab_size=data.validated_data["vocab_size"],
+                max_mb=data.validated_data["max_mb"],
+                acting_user=request.user,
+            )
+        except services.DatasetError as exc:
+            raise ValidationError({"detail": str(exc)}) from None
+        return Response(
+            TokenizerSerializer(row).data,
+            status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK,
+        )
+
+
 routes = [
     ("datasets/versions", DatasetVersionViewSet, "datasetversion"),
     ("datasets/checks", VerifyCheckViewSet, "verifycheck"),
@@ -570,4 +647,5 @@ routes = [
     ("datasets/annotations", AnnotationSetViewSet, "annotationset"),
     ("datasets/withdrawals", ConsentWithdrawalViewSet, "consentwithdrawal"),
     ("datasets/reinstatements", ConsentReinstatementViewSet, "consentreinstatement"),
+    ("datasets/tokenizers", TokenizerViewSet, "datasettokenizer"),
 ]

@@ -32,3 +32,16 @@ class DatasetsConfig(AppConfig):
             order=410,
             summary=services.lineage_overview,
         )
+        from django.urls import reverse
+
+        from apps.datasets import registry
+        from apps.datasets.tokenizers import CONSUMER_KIND
+
+        def tokenizer_url(pk: str) -> str:
+            from apps.datasets.models import DatasetTokenizer
+
+            version_id = DatasetTokenizer.objects.values_list("version_id", flat=True).get(pk=pk)
+            return f"{reverse('datasets:detail', args=[version_id])}#tokenizer-{pk}"
+
+        # A tokenizer's merges are statistics of the version's text: lineage must reach it.
+        registry.register_consumer(CONSUMER_KIND, _("Tokenizer"), url=tokenizer_url)

@@ -111,3 +111,23 @@ class ReinstatementForm(forms.Form):
         label=_("The patient consented again: later versions may pack their data"),
         required=True,
     )
+
+
+class TokenizerForm(forms.Form):
+    """Train a byte-level BPE tokenizer on a version's text (``tokenizers.request_tokenizer``
+    checks the ranges again)."""
+
+    vocab_size = forms.IntegerField(
+        label=_("Vocabulary size"),
+        min_value=266,
+        max_value=262_144,
+        initial=32_000,
+        help_text=_("Ids the tokenizer may use, specials and the 256 bytes included."),
+    )
+    max_mb = forms.FloatField(
+        label=_("Text budget (MB)"),
+        min_value=0.001,
+        max_value=4096,
+        initial=256,
+        help_text=_("How much of the version's text, in sample order, to learn from."),
+    )

@@ -215,6 +215,55 @@ class VerifyCheck(models.Model):
         return self.status in (self.Status.QUEUED, self.Status.RUNNING)
 
 
+class DatasetTokenizer(models.Model):
+    """A byte-level BPE tokenizer trained on a ready version's released text, for training runs
+    on it (the trainer's ``Tokenizer``; docs/datasets.md "Tokenizers").
+
+    Asked for from the version page or the API (``queued``), trained by a worker (``running``,
+    ``merges_done`` of ``merges_total``, a heartbeat), written once next to the version
+    (``<name>/v<n>.tokenizers/``, read-only) and pinned by the file's SHA-256 and the ids'
+    ``fingerprint`` that checkpoints record. Training is deterministic: the same version,
+    vocabulary size and text budget give the same tokenizer, so a second request returns the
+    first row. A tokenizer is a consumer of its version in the lineage (``DatasetUse``).
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", _("Queued")
+        RUNNING = "running", _("Running")
+        READY = "ready", _("Ready")
+        FAILED = "failed", _("Failed")
+
+    version = models.ForeignKey(DatasetVersion, on_delete=models.PROTECT, related_name="tokenizers")
+    vocab_size = models.IntegerField()  # asked for; ``ids`` is what the text allowed
+    max_mb = models.FloatField()  # the text budget read from the version, in MiB
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.QUEUED)
+    merges_done = models.IntegerField(default=0)
+    merges_total = models.IntegerField(default=0)
+    ids = models.IntegerField(default=0)
+    path = models.CharField(max_length=500, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True)
+    fingerprint = models.CharField(max_length=64, blank=True)
+    requested_at = models.DateTimeField(auto_now_add=True)
+    requested_by_id = models.BigIntegerField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["-requested_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"tokenizer {self.pk} of {self.version_id} ({self.vocab_size}, {self.status})"
+
+    @property
+    def unfinished(self) -> bool:
+        return self.status in (self.Status.QUEUED, self.Status.RUNNING)
+
+    @property
+    def percent(self) -> int:
+        return round(100 * self.merges_done / self.merges_total) if self.merges_total else 0
+
+
 class AnnotationSet(models.Model):
     """Version ``number`` of the label set ``name`` on a dataset version (seed 2.4).
 

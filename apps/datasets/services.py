@@ -676,6 +676,13 @@ def _rehash(version: DatasetVersion, progress: ProgressCallback | None = None) -
     return VerifyReport(not problems, checked, problems)
 
 
+def version_by_ref(ref: str, number: int | None = None) -> DatasetVersion | None:
+    """A version by id, or by dataset name with ``number`` (the command line's way)."""
+    if number is not None:
+        return DatasetVersion.objects.filter(name=ref, number=number).first()
+    return DatasetVersion.objects.filter(pk=int(ref)).first() if ref.isdigit() else None
+
+
 def request_verify(version: DatasetVersion, *, acting_user: User | None) -> VerifyCheck:
     """Queue a re-hash of a ready version on a worker (the pages and the API call this).
 
@@ -716,33 +723,71 @@ _UNFINISHED = (VerifyCheck.Status.QUEUED, VerifyCheck.Status.RUNNING)
 _HEARTBEAT_SECONDS = 1.0
 
 
-def _give_up_stale_checks(version: DatasetVersion) -> None:
+# Worker rows (verification checks, tokenizer builds) share one life: ``queued`` when asked
+# for, ``running`` once a worker claims it (with a heartbeat), then finished or ``failed``.
+
+
+def give_up_stale(rows: QuerySet[Any], asked_field: str, reason: str) -> None:
+    """Fail the rows no worker reported on for ``STALE_CLAIM_SECONDS`` (a dead worker, or a
+    lost task), so that asking again makes a new one."""
     stale = timezone.now() - timedelta(seconds=STALE_CLAIM_SECONDS)
-    lost = Q(status=VerifyCheck.Status.RUNNING, heartbeat_at__lt=stale) | Q(
-        status=VerifyCheck.Status.QUEUED, checked_at__lt=stale
+    lost = Q(status="running", heartbeat_at__lt=stale) | Q(
+        status="queued", **{f"{asked_field}__lt": stale}
     )
-    for check in version.checks.filter(lost):
-        _fail_check(check.pk, "no worker reported on this check; asked again")
+    for pk in rows.filter(lost).values_list("pk", flat=True):
+        fail_work(rows.model, pk, reason)
+
+
+def fail_work(model: Any, pk: int, reason: str) -> None:
+    model.objects.filter(pk=pk, status__in=("queued", "running")).update(
+        status="failed", error=reason[:300], finished_at=timezone.now()
+    )
+
+
+def claim_work(model: Any, pk: int, **reset: Any) -> bool:
+    """Take a queued row (or a running one whose worker fell silent: a redelivered task),
+    resetting its progress fields to ``reset``."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=STALE_CLAIM_SECONDS)
+    taken = Q(status="queued") | Q(status="running", heartbeat_at__lt=stale)
+    return bool(
+        model.objects.filter(taken, pk=pk).update(status="running", heartbeat_at=now, **reset)
+    )
+
+
+def work_progress(
+    model: Any, pk: int, fields: tuple[str, str], progress: ProgressCallback | None
+) -> ProgressCallback:
+    """A progress callback that writes (done, total) and the heartbeat to the row at most
+    every ``_HEARTBEAT_SECONDS`` (and at the end), then calls ``progress``."""
+    last_beat = 0.0
+
+    def beat(done: int, total: int) -> None:
+        nonlocal last_beat
+        now = time.monotonic()
+        if now - last_beat >= _HEARTBEAT_SECONDS or done == total:
+            last_beat = now
+            model.objects.filter(pk=pk).update(
+                **{fields[0]: done, fields[1]: total}, heartbeat_at=timezone.now()
+            )
+        if progress is not None:
+            progress(done, total)
+
+    return beat
+
+
+def _give_up_stale_checks(version: DatasetVersion) -> None:
+    give_up_stale(
+        version.checks.all(), "checked_at", "no worker reported on this check; asked again"
+    )
 
 
 def _fail_check(pk: int, reason: str) -> None:
-    VerifyCheck.objects.filter(pk=pk, status__in=_UNFINISHED).update(
-        status=VerifyCheck.Status.FAILED, error=reason[:300], finished_at=timezone.now()
-    )
+    fail_work(VerifyCheck, pk, reason)
 
 
 def _claim_check(pk: int) -> bool:
-    """Take a queued check (or a running one whose worker fell silent: a redelivered task)."""
-    now = timezone.now()
-    stale = now - timedelta(seconds=STALE_CLAIM_SECONDS)
-    taken = Q(status=VerifyCheck.Status.QUEUED) | Q(
-        status=VerifyCheck.Status.RUNNING, heartbeat_at__lt=stale
-    )
-    return bool(
-        VerifyCheck.objects.filter(taken, pk=pk).update(
-            status=VerifyCheck.Status.RUNNING, heartbeat_at=now, bytes_done=0
-        )
-    )
+    return claim_work(VerifyCheck, pk, bytes_done=0)
 
 
 def run_verify_check(pk: int, *, progress: ProgressCallback | None = None) -> VerifyCheck:
@@ -754,19 +799,7 @@ def run_verify_check(pk: int, *, progress: ProgressCallback | None = None) -> Ve
         return VerifyCheck.objects.get(pk=pk)
     check = VerifyCheck.objects.select_related("version").get(pk=pk)
     version = check.version
-    last_beat = 0.0
-
-    def beat(done: int, total: int) -> None:
-        nonlocal last_beat
-        now = time.monotonic()
-        if now - last_beat >= _HEARTBEAT_SECONDS or done == total:
-            last_beat = now
-            VerifyCheck.objects.filter(pk=pk).update(
-                bytes_done=done, bytes_total=total, heartbeat_at=timezone.now()
-            )
-        if progress is not None:
-            progress(done, total)
-
+    beat = work_progress(VerifyCheck, pk, ("bytes_done", "bytes_total"), progress)
     try:
         report = _rehash(version, beat)
     except Exception as exc:

@@ -41,3 +41,13 @@ def run_verify_check(check_id: int) -> dict[str, object]:
     with bound_context():
         check = services.run_verify_check(check_id)
     return {"check": check.pk, "status": check.status, "ok": check.ok}
+
+
+@shared_task(name="apps.datasets.tasks.train_tokenizer", **_HOURS_LONG)
+def train_tokenizer(tokenizer_id: int) -> dict[str, object]:
+    """Train a queued tokenizer on its version's text (the version page and API); idempotent."""
+    from apps.datasets import tokenizers
+
+    with bound_context():
+        row = tokenizers.run_tokenizer_build(tokenizer_id)
+    return {"tokenizer": row.pk, "status": row.status}

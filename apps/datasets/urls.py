@@ -24,6 +24,8 @@ urlpatterns = [
     path("<int:pk>/verify/", views.version_verify, name="verify"),
     path("<int:pk>/verify/status/", views.verify_status, name="verify_status"),
     path("<int:pk>/cancel/", views.version_cancel, name="cancel"),
+    path("<int:pk>/tokenizers/", views.tokenizer_new, name="tokenizer_new"),
+    path("<int:pk>/tokenizers/status/", views.tokenizer_status, name="tokenizer_status"),
     path("<int:pk>/labels/", views.annotation_list, name="annotations"),
     path("<int:pk>/labels/new/", views.annotation_new, name="annotation_new"),
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from itertools import chain
+from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib import messages
@@ -16,13 +17,14 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from apps.core.access import roles
 from apps.core.htmx import is_htmx, render_page
-from apps.datasets import registry, reports, services
+from apps.datasets import registry, reports, services, tokenizers
 from apps.datasets.access import (
     BUILD,
     LABELS_READ,
     LABELS_WRITE,
     LINEAGE,
     READ,
+    TOKENIZE,
     VERIFY,
     WITHDRAW,
 )
@@ -32,6 +34,7 @@ from apps.datasets.forms import (
     BuildForm,
     LineageSearchForm,
     ReinstatementForm,
+    TokenizerForm,
     WithdrawalForm,
 )
 from apps.datasets.models import AnnotationSet, DatasetVersion
@@ -101,8 +104,54 @@ def version_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "withdrawn": services.withdrawn_samples(version) if version.is_ready else 0,
             "can_verify": _can(request, VERIFY),
             "can_cancel": _can(request, BUILD),
+            **_tokenizers(version),
+            "can_tokenize": _can(request, TOKENIZE) and version.is_ready,
+            "tokenizer_form": TokenizerForm(),
         },
     )
+
+
+@roles(*TOKENIZE)
+@require_POST
+def tokenizer_new(request: HttpRequest, pk: int) -> HttpResponse:
+    """Queue a tokenizer build on the version's text; the panel then follows it."""
+    version = get_version(pk)
+    form = TokenizerForm(request.POST)
+    if not form.is_valid():
+        for errors in form.errors.values():
+            for e in errors:
+                messages.error(request, e)
+        return redirect(f"{reverse('datasets:detail', args=[pk])}#tokenizers")
+    try:
+        _row, created = tokenizers.request_tokenizer(
+            version,
+            vocab_size=form.cleaned_data["vocab_size"],
+            max_mb=form.cleaned_data["max_mb"],
+            acting_user=request.user,
+        )
+    except services.DatasetError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(
+            request,
+            _("Tokenizer queued; this page shows its progress.")
+            if created
+            else _("This tokenizer was already asked for; here it is."),
+        )
+    return redirect(f"{reverse('datasets:detail', args=[pk])}#tokenizers")
+
+
+@roles(*READ)
+@require_GET
+def tokenizer_status(request: HttpRequest, pk: int) -> HttpResponse:
+    """The tokenizers table; htmx polls it while one is queued or training."""
+    version = get_version(pk)
+    return render(request, "datasets/partials/tokenizers.html", _tokenizers(version))
+
+
+def _tokenizers(version: DatasetVersion) -> dict[str, Any]:
+    rows = list(version.tokenizers.all()[:20])
+    return {"version": version, "tokenizers": rows, "polling": any(t.unfinished for t in rows)}
 
 
 @roles(*READ)

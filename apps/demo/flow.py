@@ -18,7 +18,8 @@ from django.core.management.base import CommandError
 
 from apps.core.context import bound_context
 from apps.datasets import services as datasets
-from apps.datasets.models import DatasetVersion
+from apps.datasets import tokenizers
+from apps.datasets.models import DatasetTokenizer, DatasetVersion
 from apps.deid.models import DeidRun
 from apps.demo import synthetic
 from apps.jobs import services as jobs
@@ -27,7 +28,6 @@ from apps.jobs.rendering import run_dir
 from apps.jobs.validation import cpu_trial
 from apps.review import services as review
 from apps.review.models import ReviewBatch
-from trainer.data.tokenizer import Tokenizer, dataset_texts
 
 DATASET_NAME = "demo-cohort"
 RUN_NAME = "demo-tiny"
@@ -93,15 +93,14 @@ def dataset_version(run: DeidRun, steward: Any) -> DatasetVersion:
         )
 
 
-def tokenizer_for(version: DatasetVersion, folder: Path) -> Path:
-    """A BPE tokenizer trained on the version's released text (as ``python -m trainer
-    tokenizer --data`` does), sized for the tiny preset's 512-id embedding."""
-    path = folder / f"{version.name}-v{version.number}.json"
-    if not path.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        texts = dataset_texts([version.root], max_bytes=64 << 20)
-        Tokenizer.train(texts, TINY_VOCAB).save(path)
-    return path
+def tokenizer_for(version: DatasetVersion, operator: Any) -> DatasetTokenizer:
+    """The operator asks for a BPE tokenizer on the version's released text (as from its page:
+    a worker trains it), sized for the tiny preset's 512-id embedding."""
+    with bound_context():
+        row, _created = tokenizers.request_tokenizer(
+            version, vocab_size=TINY_VOCAB, max_mb=64.0, acting_user=operator
+        )
+    return row
 
 
 def training_run(version: DatasetVersion, operator: Any, tokenizer: Path) -> TrainingRun:

@@ -66,9 +66,11 @@ class RunForm(forms.Form):
         max_length=500,
         required=False,
         strip=False,
+        widget=forms.TextInput(attrs={"list": "tokenizer-choices", "class": "mono"}),
         help_text=_(
-            "Absolute path of a tokenizer JSON the nodes can read (python -m trainer tokenizer "
-            "--data …). Empty: the dataset's own tokenizer.json, else byte-level ids."
+            "A tokenizer trained on a version (its page, Tokenizers; offered as you type), or "
+            "the absolute path of any tokenizer JSON the nodes can read. Empty: the dataset's "
+            "own tokenizer.json, else byte-level ids."
         ),
     )
     time_limit_minutes = forms.IntegerField(

@@ -185,6 +185,14 @@ def ready_dataset_versions() -> Any:
     return trainable_versions()
 
 
+def tokenizer_choices() -> list[Any]:
+    """Ready tokenizers trained on versions a new run may use (the launch form offers their
+    files; any other absolute path may still be typed)."""
+    from apps.datasets.tokenizers import ready_tokenizers
+
+    return ready_tokenizers()
+
+
 def _dataset(spec: RunSpec) -> DatasetVersion | None:
     from apps.datasets.models import DatasetVersion
 

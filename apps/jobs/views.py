@@ -116,7 +116,12 @@ def run_new(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "jobs/run_new.html",
-        {"form": form, "preview": preview, "plan": plan},
+        {
+            "form": form,
+            "preview": preview,
+            "plan": plan,
+            "tokenizers": services.tokenizer_choices(),
+        },
         status=status,
     )
 

@@ -75,8 +75,14 @@ def test_released_packed_and_launched(deid_run, cast, settings, tmp_path):
     assert version.status == "ready" and version.sample_count == 36
     assert flow.dataset_version(deid_run, steward).pk == version.pk  # the demo reruns
 
-    tokenizer = flow.tokenizer_for(version, tmp_path / "tokenizers")
+    from apps.datasets import tokenizers
+
+    row = flow.tokenizer_for(version, cast["operator"])
+    assert row.status == "queued"  # the demo's worker trains it; here the task body runs
+    row = tokenizers.run_tokenizer_build(row.pk)
+    tokenizer = Path(row.path)
     assert Tokenizer.load(tokenizer).vocab_size == 512  # learned from the released reports
+    assert flow.tokenizer_for(version, cast["operator"]).pk == row.pk  # the demo reruns
     run = flow.training_run(version, cast["operator"], tokenizer)
     assert run.state == RunState.SUBMITTING and run.preset == "tiny"
     assert run.tokenizer == str(tokenizer) and run.plan["warnings"] == []

@@ -99,10 +99,14 @@ class Tokenizer:
         payload = {"format": FORMAT, "specials": list(SPECIALS), "merges": self.merges}
         return hashlib.sha256(json.dumps(payload, separators=(",", ":")).encode()).hexdigest()
 
+    def dumps(self) -> bytes:
+        """The tokenizer as the JSON :meth:`save` writes (format, specials, merges)."""
+        payload = {"format": FORMAT, "specials": list(SPECIALS), "merges": self.merges}
+        return json.dumps(payload).encode()
+
     def save(self, path: str | Path) -> None:
         """Write the tokenizer as JSON (format, specials, merges)."""
-        payload = {"format": FORMAT, "specials": list(SPECIALS), "merges": self.merges}
-        Path(path).write_text(json.dumps(payload))
+        Path(path).write_bytes(self.dumps())
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
@@ -117,7 +121,8 @@ class Tokenizer:
         """The tokenizer a run on ``folder`` uses: ``explicit`` when given, else the dataset's
         own ``tokenizer.json``, else the byte-level base (no merges: 265 ids, every text
         still round-trips; about three ids per Chinese character instead of one or two).
-        Dataset versions packed by the control plane carry no trained tokenizer yet."""
+        Versions packed by the control plane carry none: their tokenizers are trained next to
+        them (the control plane's version page) and passed as ``explicit``."""
         if explicit:
             return cls.load(explicit)
         own = Path(folder) / "tokenizer.json"

@@ -9,7 +9,6 @@ from tqdm import tqdm
 
 from apps.core.context import bound_context
 from apps.datasets import services
-from apps.datasets.models import DatasetVersion
 
 
 class Command(BaseCommand):
@@ -21,10 +20,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **opts: Any) -> None:
         ref = opts["version"]
-        if opts["number"] is not None:
-            version = DatasetVersion.objects.filter(name=ref, number=opts["number"]).first()
-        else:
-            version = DatasetVersion.objects.filter(pk=int(ref)).first() if ref.isdigit() else None
+        version = services.version_by_ref(ref, opts["number"])
         if version is None:
             raise CommandError(f"no dataset version {ref!r}")
         bar = tqdm(

@@ -170,7 +170,7 @@ class Command(BaseCommand):
     def release_and_train(self, batch: Any, *, first_run: Any, steward: Any) -> None:
         """A second de-id run of the scan, reviewed by the scripted reviewer, released, packed,
         verified and trained on (apps/demo/flow.py)."""
-        from apps.datasets.models import DatasetVersion, VerifyCheck
+        from apps.datasets.models import DatasetTokenizer, DatasetVersion, VerifyCheck
         from apps.deid.models import DeidRun
         from apps.demo import flow
         from apps.jobs.models import TrainingRun
@@ -230,9 +230,21 @@ class Command(BaseCommand):
             f"verify: {check.files_checked} files, "
             + ("all match the manifest" if check.ok else f"{len(check.problems)} differences")
         )
-        tokenizer = flow.tokenizer_for(version, Path(settings.VAR_DIR) / "demo-data" / "tokenizers")
-        self.stdout.write(f"tokenizer trained on the version's text: {tokenizer}")
-        training = flow.training_run(version, operator, tokenizer)
+        row = flow.tokenizer_for(version, operator)
+        row = self.wait(
+            DatasetTokenizer,
+            row.pk,
+            "tokenizer",
+            fields("merges_done", "merges_total"),
+            done={"ready", "failed"},
+            ok="ready",
+            unit="merge",
+        )
+        self.stdout.write(
+            f"tokenizer trained on the version's text: {row.ids} ids, "
+            f"fingerprint {row.fingerprint[:12]}"
+        )
+        training = flow.training_run(version, operator, Path(row.path))
         self.run_url = f"/jobs/runs/{training.pk}/"
         training = self.wait(
             TrainingRun,
