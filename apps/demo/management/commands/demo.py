@@ -96,8 +96,9 @@ class Command(BaseCommand):
         )
         if self.run_url:
             self.stdout.write(
-                f"Then: the released dataset {url}{self.dataset_url} (lineage, verify) and the "
-                f"training run {url}{self.run_url} (attempts, script, log, checkpoints, metrics), "
+                f"Then: the released dataset {url}{self.dataset_url} (lineage, verify, tokenizers) "
+                f"and the training run {url}{self.run_url} (attempts, script, log, checkpoints, "
+                "metrics), "
                 "as demo_data_steward and demo_operator.\n"
                 f"Privacy: {url}/deid/reveal/#lookup turns a hospital patient ID (the cohort's are "
                 f"MRN100000 to MRN{100000 + synthetic.COHORT_SIZE - 1}) into its pseudonym, and "
