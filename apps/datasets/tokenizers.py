@@ -211,3 +211,12 @@ def ready_tokenizers() -> list[DatasetTokenizer]:
         .select_related("version")
         .order_by("version__name", "-version__number", "-ids")
     )
+
+
+def trained_on_withdrawn(path: str) -> DatasetVersion | None:
+    """The version a tokenizer at ``path`` was trained on, when that version holds a patient
+    who withdrew consent since (its merges are statistics of their text); else None."""
+    for row in DatasetTokenizer.objects.filter(path=path).select_related("version"):
+        if withdrawn_samples(row.version):
+            return row.version
+    return None

@@ -237,6 +237,18 @@ def check_run(spec: RunSpec) -> RunPlan:
                 )
                 % {"n": withdrawn, "version": version.label},
             )
+    if spec.tokenizer:
+        from apps.datasets.tokenizers import trained_on_withdrawn
+
+        if (source := trained_on_withdrawn(spec.tokenizer)) is not None:
+            plan.error(
+                "tokenizer",
+                _(
+                    "this tokenizer was trained on %(version)s, which holds text of a patient "
+                    "who withdrew consent since; train one on a version built after"
+                )
+                % {"version": source.label},
+            )
     if spec.scheduler and spec.scheduler not in SCHEDULER_NAMES:
         plan.error("scheduler", f"{spec.scheduler!r} is not one of {', '.join(SCHEDULER_NAMES)}")
     return plan

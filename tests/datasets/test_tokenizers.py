@@ -193,3 +193,29 @@ def test_train_tokenizer_from_the_command_line(built):
     assert DatasetTokenizer.objects.count() == 1  # the same tokenizer: nothing trained again
     with pytest.raises(CommandError, match="no dataset version 'nope'"):
         call_command("train_tokenizer", "nope")
+
+
+def test_a_new_run_refuses_a_tokenizer_trained_on_text_of_a_patient_who_withdrew(
+    built, world, steward
+):
+    from dataclasses import replace
+
+    from apps.jobs import services as jobs
+    from apps.jobs.validation import cpu_trial
+
+    row = tokenizers.train_tokenizer(built, vocab_size=VOCAB, max_mb=1, acting_user=None)
+    later = services.build_version("later", [world.run], target_shard_mb=1, acting_user=steward)
+    spec = replace(cpu_trial("with-tokenizer", later.pk), tokenizer=row.path)
+
+    def errors() -> list[str]:
+        plan = jobs.check_run(spec)
+        return [str(m) for messages in plan.errors.values() for m in messages]
+
+    assert not any("tokenizer was trained on" in e for e in errors())
+    services.withdraw_consent("P-CCCC", reference="DPO-1", acting_user=None)
+    refused = [e for e in errors() if "tokenizer was trained on" in e]
+    assert refused == [
+        "this tokenizer was trained on ct-demo v1, which holds text of a patient who withdrew "
+        "consent since; train one on a version built after"
+    ]
+    assert row.path not in [t.path for t in jobs.tokenizer_choices()]
