@@ -583,6 +583,7 @@ class TokenizerSerializer(serializers.ModelSerializer):
             "requested_at",
             "finished_at",
             "error",
+            "cancel_requested",
         ]
         read_only_fields = fields
 
@@ -606,7 +607,7 @@ class TokenizerViewSet(
     there or being made."""
 
     allowed_roles = set(READ)
-    action_roles = {"create": set(TOKENIZE)}
+    action_roles = {"create": set(TOKENIZE), "cancel": set(TOKENIZE)}
     serializer_class = TokenizerSerializer
     queryset = DatasetTokenizer.objects.all()
 
@@ -637,6 +638,22 @@ class TokenizerViewSet(
             TokenizerSerializer(row).data,
             status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK,
         )
+
+    @extend_schema(
+        request=None,
+        responses={
+            200: TokenizerSerializer,
+            409: OpenApiResponse(description="the tokenizer is already finished"),
+        },
+    )
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        """Stop a queued or training tokenizer (at once, or at its next progress report)."""
+        try:
+            row = tokenizers.cancel_tokenizer(self.get_object(), acting_user=request.user)
+        except services.DatasetError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(TokenizerSerializer(row).data)
 
 
 routes = [

@@ -248,6 +248,8 @@ class DatasetTokenizer(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     error = models.CharField(max_length=300, blank=True)
+    # Set by tokenizers.cancel_tokenizer; the trainer's progress callback polls it.
+    cancel_requested = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["-requested_at", "-pk"]

@@ -22,6 +22,7 @@ from django.utils import timezone
 from apps.audit.services import record
 from apps.datasets.models import DatasetTokenizer, DatasetVersion
 from apps.datasets.services import (
+    CANCELLED,
     DatasetError,
     ProgressCallback,
     _resource,
@@ -140,6 +141,36 @@ def _give_up_stale(version: DatasetVersion) -> None:
     )
 
 
+class _Cancelled(Exception):
+    """Raised from the progress callback when the row was asked to stop."""
+
+
+def cancel_tokenizer(row: DatasetTokenizer, *, acting_user: User | None) -> DatasetTokenizer:
+    """Stop a tokenizer build: at once when no worker has started it, else at the trainer's
+    next progress report (every 100 merges; nothing is written). A finished one is refused."""
+    with transaction.atomic():
+        stopped_now = DatasetTokenizer.objects.filter(
+            pk=row.pk, status=DatasetTokenizer.Status.QUEUED
+        ).update(
+            status=DatasetTokenizer.Status.FAILED,
+            error=CANCELLED,
+            cancel_requested=True,
+            finished_at=timezone.now(),
+        )
+        flagged = stopped_now or DatasetTokenizer.objects.filter(
+            pk=row.pk, status=DatasetTokenizer.Status.RUNNING
+        ).update(cancel_requested=True)
+        if not flagged:
+            raise DatasetError(f"tokenizer {row.pk} is {row.status}; only unfinished ones stop")
+        record(
+            "datasets.tokenizer_cancel_requested",
+            _resource(row.version),
+            actor=acting_user,
+            details={"tokenizer": row.pk, "stopped_now": bool(stopped_now)},
+        )
+    return DatasetTokenizer.objects.get(pk=row.pk)
+
+
 def run_tokenizer_build(
     pk: int, *, acting_user: User | None = None, progress: ProgressCallback | None = None
 ) -> DatasetTokenizer:
@@ -151,7 +182,13 @@ def run_tokenizer_build(
         return DatasetTokenizer.objects.get(pk=pk)
     row = DatasetTokenizer.objects.select_related("version").get(pk=pk)
     version = row.version
-    beat = work_progress(DatasetTokenizer, pk, ("merges_done", "merges_total"), progress)
+    report = work_progress(DatasetTokenizer, pk, ("merges_done", "merges_total"), progress)
+
+    def beat(done: int, total: int) -> None:
+        report(done, total)
+        if DatasetTokenizer.objects.filter(pk=pk, cancel_requested=True).exists():
+            raise _Cancelled
+
     try:
         texts = dataset_texts([version.root], max_bytes=int(row.max_mb * (1 << 20)))
         tokenizer = Tokenizer.train(texts, row.vocab_size, beat)
@@ -164,6 +201,9 @@ def run_tokenizer_build(
         )
         _write_once(path, payload)
         Tokenizer.load(path)  # what the trainer will read
+    except _Cancelled:
+        fail_work(DatasetTokenizer, pk, CANCELLED)
+        return DatasetTokenizer.objects.get(pk=pk)
     except Exception as exc:
         # The text is de-identified but still the patients': the type is enough for the page.
         logger.exception("training tokenizer %s of dataset version %s failed", pk, version.pk)

@@ -26,6 +26,11 @@ urlpatterns = [
     path("<int:pk>/cancel/", views.version_cancel, name="cancel"),
     path("<int:pk>/tokenizers/", views.tokenizer_new, name="tokenizer_new"),
     path("<int:pk>/tokenizers/status/", views.tokenizer_status, name="tokenizer_status"),
+    path(
+        "<int:pk>/tokenizers/<int:tokenizer_id>/cancel/",
+        views.tokenizer_cancel,
+        name="tokenizer_cancel",
+    ),
     path("<int:pk>/labels/", views.annotation_list, name="annotations"),
     path("<int:pk>/labels/new/", views.annotation_new, name="annotation_new"),
 ]

@@ -104,8 +104,7 @@ def version_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "withdrawn": services.withdrawn_samples(version) if version.is_ready else 0,
             "can_verify": _can(request, VERIFY),
             "can_cancel": _can(request, BUILD),
-            **_tokenizers(version),
-            "can_tokenize": _can(request, TOKENIZE) and version.is_ready,
+            **_tokenizers(request, version),
             "tokenizer_form": TokenizerForm(),
         },
     )
@@ -146,12 +145,32 @@ def tokenizer_new(request: HttpRequest, pk: int) -> HttpResponse:
 def tokenizer_status(request: HttpRequest, pk: int) -> HttpResponse:
     """The tokenizers table; htmx polls it while one is queued or training."""
     version = get_version(pk)
-    return render(request, "datasets/partials/tokenizers.html", _tokenizers(version))
+    return render(request, "datasets/partials/tokenizers.html", _tokenizers(request, version))
 
 
-def _tokenizers(version: DatasetVersion) -> dict[str, Any]:
+@roles(*TOKENIZE)
+@require_POST
+def tokenizer_cancel(request: HttpRequest, pk: int, tokenizer_id: int) -> HttpResponse:
+    """Stop a queued or training tokenizer of the version."""
+    version = get_version(pk)
+    row = get_object_or_404(version.tokenizers, pk=tokenizer_id)
+    try:
+        tokenizers.cancel_tokenizer(row, acting_user=request.user)
+    except services.DatasetError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, _("Cancellation requested."))
+    return redirect(f"{reverse('datasets:detail', args=[pk])}#tokenizers")
+
+
+def _tokenizers(request: HttpRequest, version: DatasetVersion) -> dict[str, Any]:
     rows = list(version.tokenizers.all()[:20])
-    return {"version": version, "tokenizers": rows, "polling": any(t.unfinished for t in rows)}
+    return {
+        "version": version,
+        "tokenizers": rows,
+        "polling": any(t.unfinished for t in rows),
+        "can_tokenize": _can(request, TOKENIZE) and version.is_ready,
+    }
 
 
 @roles(*READ)

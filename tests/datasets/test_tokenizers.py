@@ -219,3 +219,41 @@ def test_a_new_run_refuses_a_tokenizer_trained_on_text_of_a_patient_who_withdrew
         "consent since; train one on a version built after"
     ]
     assert row.path not in [t.path for t in jobs.tokenizer_choices()]
+
+
+def test_a_tokenizer_build_is_cancelled_at_once_when_queued_and_at_its_next_report_when_training(
+    built, as_role, monkeypatch
+):
+    client = as_role("operator")
+    queued, _ = tokenizers.request_tokenizer(built, vocab_size=VOCAB, max_mb=1, acting_user=None)
+    page = client.get(f"/datasets/{built.pk}/").content.decode()
+    assert 'data-testid="tokenizer-cancel"' in page
+    assert (
+        as_role("auditor").post(f"/datasets/{built.pk}/tokenizers/{queued.pk}/cancel/").status_code
+        == 403
+    )
+    client.post(f"/datasets/{built.pk}/tokenizers/{queued.pk}/cancel/")
+    queued.refresh_from_db()
+    assert (queued.status, queued.error) == ("failed", "cancelled on request")
+    assert tokenizers.run_tokenizer_build(queued.pk).status == "failed"  # a late task: nothing
+
+    # Training: the stop is seen at the next progress report, and nothing is written.
+    running, _ = tokenizers.request_tokenizer(built, vocab_size=VOCAB, max_mb=1, acting_user=None)
+    real_train = tokenizers.Tokenizer.train
+
+    def train_then_cancel(texts, vocab_size, progress=None):
+        def report(done, total):
+            response = as_role("data_steward").post(
+                f"/api/datasets/tokenizers/{running.pk}/cancel/"
+            )
+            assert response.status_code == 200 and response.json()["cancel_requested"]
+            progress(done, total)
+
+        return real_train(texts, vocab_size, report)
+
+    monkeypatch.setattr(tokenizers.Tokenizer, "train", train_then_cancel)
+    row = tokenizers.run_tokenizer_build(running.pk)
+    assert (row.status, row.error, row.path) == ("failed", "cancelled on request", "")
+    assert not list((Path(built.root).parent / f"v{built.number}.tokenizers").glob("*.json"))
+    again = as_role("data_steward").post(f"/api/datasets/tokenizers/{running.pk}/cancel/")
+    assert again.status_code == 409
