@@ -162,9 +162,70 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
             )
         ),
         "can_resume": not run.is_active,
-        "timeline": services.run_timeline(run, attempts),
+        "timeline": _timeline(services.run_timeline(run, attempts)),
     }
     return render_page(request, "jobs/run_detail.html", "jobs/partials/run_state.html", context)
+
+
+_EVENTS = {
+    "jobs.run_launched": gettext_lazy("Run launched"),
+    "jobs.attempt_submitted": gettext_lazy("Attempt submitted to the scheduler"),
+    "jobs.attempt_submit_failed": gettext_lazy("The scheduler refused the attempt"),
+    "jobs.attempt_state_changed": gettext_lazy("Attempt state"),
+    "jobs.run_state_changed": gettext_lazy("Run state follows its attempt"),
+    "jobs.attempt_restarted": gettext_lazy("The scheduler restarted the attempt"),
+    "jobs.attempt_lost": gettext_lazy("The scheduler no longer knows the attempt"),
+    "jobs.run_auto_requeued": gettext_lazy("Requeued automatically"),
+    "jobs.run_cancel_requested": gettext_lazy("Cancel requested"),
+    "jobs.run_requeue_requested": gettext_lazy("Requeue requested"),
+    "jobs.run_resumed": gettext_lazy("Resumed from a checkpoint"),
+}
+_STATE_KEYS = ("attempt_state", "after_state")
+_DETAIL_LABELS = {
+    "attempt_id": gettext_lazy("attempt"),
+    "job_id": gettext_lazy("job"),
+    "exit_code": gettext_lazy("exit code"),
+    "reason": gettext_lazy("reason"),
+    "restarts": gettext_lazy("restarts"),
+    "checkpoint_step": gettext_lazy("checkpoint step"),
+    "preset": gettext_lazy("preset"),
+    "nodes": gettext_lazy("nodes"),
+    "scheduler": gettext_lazy("scheduler"),
+}
+
+
+def _timeline(events: list[Any]) -> list[dict[str, Any]]:
+    """The run's audit events as people read them: what happened, the state it reached, the
+    few details that matter, and who did it (by name). The raw event stays a click away on
+    the audit trail; the action name is kept as the row's title."""
+    from django.contrib.auth import get_user_model
+
+    names = dict(
+        get_user_model()
+        .objects.filter(pk__in={e.user_id for e in events if e.user_id})
+        .values_list("pk", "username")
+    )
+    states = dict(AttemptState.choices)
+    rows = []
+    for e in events:
+        details = e.details
+        state = next((details[k] for k in _STATE_KEYS if details.get(k)), None)
+        shown = [
+            f"{label} {details[key]}"
+            for key, label in _DETAIL_LABELS.items()
+            if details.get(key) not in (None, "", [], {})
+        ]
+        rows.append(
+            {
+                "timestamp": e.timestamp,
+                "action": e.action,
+                "label": str(_EVENTS.get(e.action, e.action)),
+                "state": str(states.get(state, state)) if state else "",
+                "summary": " · ".join(shown),
+                "who": names.get(e.user_id, ""),
+            }
+        )
+    return rows
 
 
 def _seconds(value: float) -> str:

@@ -88,7 +88,9 @@ def test_an_operator_launches_a_tiny_run_and_watches_it_complete(
     checkpoints = page.locator("[data-testid=checkpoints] tbody tr")
     expect(checkpoints.first).to_contain_text("3")
     expect(checkpoints.first.locator(".ok")).to_be_visible()
-    expect(page.locator("[data-testid=timeline]")).to_contain_text("jobs.run_launched")
+    expect(
+        page.locator("[data-testid=timeline] [data-action='jobs.run_launched']")
+    ).to_contain_text("Run launched")
     # The trainer's metrics, charted: plotly draws loss and tokens/s over the 3 steps.
     expect(page.locator("[data-metric=training_loss]")).to_be_visible()
     expect(page.locator("#run-loss-chart .main-svg").first).to_be_visible()

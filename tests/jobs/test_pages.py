@@ -390,3 +390,38 @@ def test_the_latest_metrics_read_as_words_and_units_with_the_metric_names_kept()
     with translation.override("zh-hans"):
         labels = {m["name"]: m["label"] for m in _readable(record)}
     assert labels["training_loss"] == "损失" and labels["step"] == "步数"
+
+
+def test_the_timeline_reads_as_events_states_and_names(cast):
+    import json
+
+    from django.utils import timezone, translation
+
+    from apps.audit.models import AuditEvent
+    from apps.jobs.views import _timeline
+
+    operator = cast["operator"]
+    events = [
+        AuditEvent(
+            action="jobs.run_launched",
+            user_id=operator.pk,
+            timestamp=timezone.now(),
+            details_json=json.dumps({"preset": "tiny", "nodes": 1, "script_sha256": "ab" * 32}),
+        ),
+        AuditEvent(
+            action="jobs.attempt_state_changed",
+            user_id=None,
+            timestamp=timezone.now(),
+            details_json=json.dumps(
+                {"attempt_state": "RUNNING", "job_id": "17", "exit_code": None}
+            ),
+        ),
+        AuditEvent(action="jobs.something_new", timestamp=timezone.now(), details_json="{}"),
+    ]
+    with translation.override("en"):
+        rows = _timeline(events)
+    assert [(r["label"], r["state"], r["summary"], r["who"]) for r in rows] == [
+        ("Run launched", "", "preset tiny · nodes 1", operator.username),
+        ("Attempt state", "Running", "job 17", ""),
+        ("jobs.something_new", "", "", ""),
+    ]
