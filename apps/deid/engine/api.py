@@ -213,9 +213,10 @@ class DeidEngine:
             return FileResult(kind="text", status=QUARANTINED, reason="undecodable_text")
         if context is None or not context.patient_key:
             # No study links this note to a patient: a note that labels exactly one record
-            # number as the patient's own is that patient's (same pseudonym and date shift as
-            # their DICOM files, so lineage and consent withdrawal reach it).
-            own = own_record_numbers(text)
+            # number as the patient's own (under the site's Patient ID label, when the profile
+            # names one) is that patient's: same pseudonym and date shift as their DICOM files,
+            # so lineage and consent withdrawal reach it.
+            own = own_record_numbers(text, self.profile.text.patient_id_labels)
             if len(own) == 1:
                 context = PatientContext.build(self.key, patient_id=own[0], identifiers=own)
                 if self.vault is not None:

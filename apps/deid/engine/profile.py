@@ -92,6 +92,14 @@ class TextSettings:
     age_threshold: int = 89
     # Store mask -> original encrypted in the vault (kind "text") when the engine has one.
     reversible: bool = False
+    # Labels of the record number that is the PACS Patient ID at this site, e.g. ("住院号",):
+    # a note is linked to the patient under that label only. Empty: a note that labels exactly
+    # one record number (any label) as the patient's own is that patient's.
+    patient_id_labels: tuple[str, ...] = ()
+
+
+# (section, key, default) of settings added after profiles were first fingerprinted.
+_ADDED_DEFAULTS: tuple[tuple[str, str, Any], ...] = (("text", "patient_id_labels", []),)
 
 
 @dataclass(frozen=True)
@@ -121,12 +129,24 @@ class DeidProfile:
             raise ValueError(f"unknown combined_action_policy {self.combined_action_policy!r}")
         if self.text.style not in ("mask", "surrogate"):
             raise ValueError(f"unknown text style {self.text.style!r}")
+        from .text.rules import is_record_label
+
+        unknown = [label for label in self.text.patient_id_labels if not is_record_label(label)]
+        if unknown:
+            raise ValueError(f"text.patient_id_labels: not a record-number label: {unknown}")
 
     # -- versioned data -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able form (stable key order)."""
+        """Plain JSON-able form (stable key order). Settings added since a profile format was
+        first fingerprinted are left out while at their default (``_ADDED_DEFAULTS``), so the
+        fingerprint of a profile that does not use them stays what it was: results made
+        under it still count as the same bytes seen before."""
         d = asdict(self)
         d["safe_private"] = [asdict(s) for s in self.safe_private]
+        d["text"]["patient_id_labels"] = list(self.text.patient_id_labels)
+        for section, key, default in _ADDED_DEFAULTS:
+            if d[section].get(key) == default:
+                del d[section][key]
         return d
 
     @classmethod
@@ -144,7 +164,9 @@ class DeidProfile:
             o["modalities"] = tuple(o.get("modalities", OcrSettings.modalities))
             d["ocr"] = OcrSettings(**o)
         if "text" in d and isinstance(d["text"], dict):
-            d["text"] = TextSettings(**d["text"])
+            t = dict(d["text"])
+            t["patient_id_labels"] = tuple(t.get("patient_id_labels", ()))
+            d["text"] = TextSettings(**t)
         return cls(**d)
 
     def canonical_json(self) -> str:

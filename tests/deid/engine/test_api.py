@@ -56,6 +56,51 @@ def test_a_note_that_names_its_own_record_number_is_keyed_on_that_patient() -> N
     assert ENGINE.process(twice, name="n.txt").patient_pseudonym == KEY.pseudonym("A12345")
 
 
+def test_a_site_names_the_label_of_its_pacs_patient_id_for_notes_with_several_numbers() -> None:
+    """A discharge note gives both its 住院号 and its 门诊号: by default no patient is guessed;
+    a site whose PACS Patient ID is the 住院号 says so in the profile and the note is linked."""
+    import pytest
+
+    from apps.deid.engine.profile import TextSettings
+
+    note = "住院号：ZY20240305  门诊号：MZ998877\n出院诊断：肺炎。".encode()
+    assert not ENGINE.process(note, name="discharge.txt").patient_pseudonym
+    profile = DeidProfile(
+        ocr=OcrSettings(enabled=False), text=TextSettings(patient_id_labels=("住院号",))
+    )
+    site = DeidEngine(KEY, profile, ocr=None)
+    res = site.process(note, name="discharge.txt")
+    assert res.patient_pseudonym == KEY.pseudonym("ZY20240305")
+    assert "ZY20240305" not in res.output.decode() and "MZ998877" not in res.output.decode()
+    english = DeidEngine(
+        KEY,
+        DeidProfile(
+            ocr=OcrSettings(enabled=False), text=TextSettings(patient_id_labels=("mr no",))
+        ),
+        ocr=None,
+    )
+    two = b"MR No. 55012 (ED visit Hospital Number 77001). Chest X-ray clear."
+    assert english.process(two, name="n.txt").patient_pseudonym == KEY.pseudonym("55012")
+    # A label the rule does not read is refused where the profile is made, not ignored later.
+    with pytest.raises(ValueError, match="not a record-number label"):
+        DeidProfile(text=TextSettings(patient_id_labels=("身份证号",)))
+
+
+def test_a_setting_added_at_its_default_leaves_the_profile_fingerprint_as_it_was() -> None:
+    """Results made under a profile count as the same bytes seen before only while its
+    fingerprint holds: a new setting left at its default must not change it."""
+    from apps.deid.engine.profile import TextSettings
+
+    plain = DeidProfile()
+    assert "patient_id_labels" not in plain.to_dict()["text"]
+    assert plain.fingerprint() == "default@v1#0c8342d93c177564"  # as before the setting came
+    labelled = DeidProfile(text=TextSettings(patient_id_labels=("住院号",)))
+    assert labelled.to_dict()["text"]["patient_id_labels"] == ["住院号"]
+    assert labelled.fingerprint() != plain.fingerprint()
+    assert DeidProfile.from_dict(labelled.to_dict()) == labelled
+    assert DeidProfile.from_dict(plain.to_dict()) == plain
+
+
 def test_report_is_json_and_names_profile_and_engine(make_dicom) -> None:
     rep = ENGINE.process(make_dicom()).to_report()
     assert json.loads(json.dumps(rep)) == rep

@@ -8,7 +8,7 @@ to build the replacement. Overlaps are resolved by priority, then length.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
@@ -141,19 +141,39 @@ _RE_MEDICAL_ID = _rx(
 # The patient's own record number (not an accession, order, specimen, card or insurance
 # number): a note's "住院号: MRN100000" names whose note it is. PACS exports usually carry the
 # same number as the DICOM Patient ID, which keys every other file of the patient.
+_OWN_RECORD_LABEL = (
+    r"病历号|病案号|住院号|门诊号|患者ID|病人ID|患者编号|病人编号|Patient\s?ID|MRN|"
+    r"MR\s?No\.?|Medical\s+Record(?:\s+(?:Number|No\.?|#))?|Hospital\s+(?:Number|No\.?)"
+)
 _RE_OWN_RECORD = _rx(
-    r"(?:病历号|病案号|住院号|门诊号|患者ID|病人ID|患者编号|病人编号|Patient\s?ID|MRN|"
-    r"MR\s?No\.?|Medical\s+Record(?:\s+(?:Number|No\.?|#))?|Hospital\s+(?:Number|No\.?))"
-    r"\s*(?:[:：#=]|是|为)?\s*([A-Za-z]{0,4}[-_]?\d[\dA-Za-z\-_/]{1,29})"
+    rf"(?P<label>{_OWN_RECORD_LABEL})"
+    r"\s*(?:[:：#=]|是|为)?\s*(?P<number>[A-Za-z]{0,4}[-_]?\d[\dA-Za-z\-_/]{1,29})"
 )
 
 
-def own_record_numbers(text: str) -> list[str]:
+def is_record_label(label: str) -> bool:
+    """Whether ``label`` is one the own-record-number rule reads (for profile checks)."""
+    return re.fullmatch(_OWN_RECORD_LABEL, label.strip(), re.IGNORECASE) is not None
+
+
+def record_label_key(label: str) -> str:
+    """A record-number label as compared: case, spaces and a final dot do not count
+    ("MR No." = "mr no" = "MRNo")."""
+    return re.sub(r"\s+", "", label).rstrip(".").casefold()
+
+
+def own_record_numbers(text: str, labels: Iterable[str] = ()) -> list[str]:
     """The distinct record numbers the text labels as the patient's own, in order of first
-    appearance (one means the note names its patient; more, that it names several)."""
+    appearance (one means the note names its patient; more, that it names several).
+
+    ``labels`` keeps only the numbers under those labels (a site whose PACS Patient ID is the
+    住院号 sets ``("住院号",)``, so a note that also gives a 门诊号 still names one patient)."""
+    wanted = {record_label_key(label) for label in labels}
     seen: dict[str, None] = {}
     for m in _RE_OWN_RECORD.finditer(text):
-        seen.setdefault(m.group(1), None)
+        if wanted and record_label_key(m.group("label")) not in wanted:
+            continue
+        seen.setdefault(m.group("number"), None)
     return list(seen)
 
 
