@@ -734,8 +734,7 @@ def give_up_stale(rows: QuerySet[Any], asked_field: str, reason: str) -> None:
     lost = Q(status="running", heartbeat_at__lt=stale) | Q(
         status="queued", **{f"{asked_field}__lt": stale}
     )
-    for pk in rows.filter(lost).values_list("pk", flat=True):
-        fail_work(rows.model, pk, reason)
+    rows.filter(lost).update(status="failed", error=reason[:300], finished_at=timezone.now())
 
 
 def fail_work(model: Any, pk: int, reason: str) -> None:

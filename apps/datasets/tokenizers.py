@@ -120,8 +120,8 @@ def train_tokenizer(
     acting_user: User | None,
     progress: ProgressCallback | None = None,
 ) -> DatasetTokenizer:
-    """Train here and now (the command line and the demo), or return the ready row of the
-    same tokenizer. Raises ``DatasetError`` when the build fails."""
+    """Train here and now (the command line), or return the ready row of the same tokenizer.
+    Raises ``DatasetError`` when the build fails, or while a worker is training it."""
     _check(version, vocab_size, max_mb)
     row = _existing(version, vocab_size, max_mb)
     if row is None:
@@ -132,6 +132,11 @@ def train_tokenizer(
             requested_by_id=getattr(acting_user, "pk", None),
         )
     row = run_tokenizer_build(row.pk, acting_user=acting_user, progress=progress)
+    if row.unfinished:
+        raise DatasetError(
+            f"tokenizer {row.pk} of {version.label} is being trained by a worker; "
+            "its version page shows the progress"
+        )
     if row.status != DatasetTokenizer.Status.READY:
         raise DatasetError(f"tokenizer {row.pk} of {version.label}: {row.error or row.status}")
     return row

@@ -257,3 +257,20 @@ def test_a_tokenizer_build_is_cancelled_at_once_when_queued_and_at_its_next_repo
     assert not list((Path(built.root).parent / f"v{built.number}.tokenizers").glob("*.json"))
     again = as_role("data_steward").post(f"/api/datasets/tokenizers/{running.pk}/cancel/")
     assert again.status_code == 409
+
+
+def test_a_build_no_worker_reported_on_is_given_up_and_asked_again(built):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    lost, _ = tokenizers.request_tokenizer(built, vocab_size=VOCAB, max_mb=1, acting_user=None)
+    long_ago = timezone.now() - timedelta(seconds=services.STALE_CLAIM_SECONDS + 1)
+    DatasetTokenizer.objects.filter(pk=lost.pk).update(requested_at=long_ago)
+    again, created = tokenizers.request_tokenizer(
+        built, vocab_size=VOCAB, max_mb=1, acting_user=None
+    )
+    lost.refresh_from_db()
+    assert created and again.pk != lost.pk
+    assert lost.status == "failed"
+    assert lost.error == "no worker reported on this tokenizer; ask again"
