@@ -144,6 +144,20 @@ class DeidFileResult(models.Model):
     def __str__(self) -> str:
         return f"result {self.pk} ({self.status})"
 
+    @property
+    def flag_labels(self) -> list[str]:
+        """The flag codes as reviewers read them (``services.flag_reasons`` sets the codes)."""
+        return [str(FLAG_LABELS.get(code, code)) for code in self.flag_reasons]
+
+
+# Why the engine flagged a result for review (apps.deid.services.flag_reasons).
+FLAG_LABELS = {
+    "ocr_boxes": _("text found in the pixels and masked"),
+    "ocr_boxes_dismissed": _("text-like marks in the pixels judged anatomy"),
+    "ocr_screened": _("pixels screened on a reduced copy"),
+    "name_hits": _("person names found in the text"),
+}
+
 
 class VaultRecord(models.Model):
     """One encrypted pseudonym -> original entry (``apps.deid.engine.vault`` format).

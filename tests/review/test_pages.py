@@ -305,3 +305,16 @@ def test_the_batch_list_counts_progress_and_open_findings(batch, cast, client_as
     row = html[html.index(f'data-batch="{batch.pk}"') :]
     assert 'aria-valuenow="100"' in row[:600] and "3 / 3" in row[:600]
     assert "<td>2</td>" in row[:800]
+
+
+def test_why_the_engine_flagged_an_item_reads_in_words(batch, cast, client_as):
+    from apps.deid.models import DeidFileResult
+
+    item = lease(batch, cast["clinician_reviewer"], "dicom")
+    DeidFileResult.objects.filter(pk=item.result_id).update(
+        flagged=True, flag_reasons=["ocr_boxes", "name_hits", "some_new_code"]
+    )
+    html = client_as("clinician_reviewer").get(f"/review/items/{item.pk}/").content.decode()
+    assert (
+        "text found in the pixels and masked; person names found in the text; some_new_code" in html
+    )
