@@ -78,39 +78,43 @@ class LineageSearchForm(forms.Form):
     )
 
 
-class WithdrawalForm(forms.Form):
-    """A privacy officer records that a patient withdrew consent (services.withdraw_consent
-    checks the pseudonym and the case number)."""
+class ConsentForm(forms.Form):
+    """A privacy officer records a patient's consent decision from their lineage report: the
+    pseudonym (hidden), the request's case number and a ticked confirmation (the services
+    check the pseudonym and the case number)."""
 
     pseudonym = forms.CharField(max_length=80, strip=True, widget=forms.HiddenInput)
-    reference = forms.CharField(
-        label=_("Case number"),
-        max_length=80,
-        required=False,
-        strip=True,
-        help_text=_("The withdrawal request's case or ticket number; never a name."),
-    )
-    confirm = forms.BooleanField(
-        label=_("The patient withdrew consent: leave their data out of every later version"),
-        required=True,
-    )
+    reference = forms.CharField(label=_("Case number"), max_length=80, strip=True)
+    confirm = forms.BooleanField(required=True)
 
 
-class ReinstatementForm(forms.Form):
-    """A privacy officer records that a patient consented again (services.reinstate_consent
-    checks the pseudonym and the case number, which is required here)."""
+class WithdrawalForm(ConsentForm):
+    """The patient withdrew consent (``services.withdraw_consent``); the case number may be
+    left out."""
 
-    pseudonym = forms.CharField(max_length=80, strip=True, widget=forms.HiddenInput)
-    reference = forms.CharField(
-        label=_("Case number"),
-        max_length=80,
-        strip=True,
-        help_text=_("The new consent's (or the correction's) case number; never a name."),
-    )
-    confirm = forms.BooleanField(
-        label=_("The patient consented again: later versions may pack their data"),
-        required=True,
-    )
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["reference"].required = False
+        self.fields["reference"].help_text = _(
+            "The withdrawal request's case or ticket number; never a name."
+        )
+        self.fields["confirm"].label = _(
+            "The patient withdrew consent: leave their data out of every later version"
+        )
+
+
+class ReinstatementForm(ConsentForm):
+    """The patient consented again (``services.reinstate_consent``); the case number of the
+    new consent or of the correction is required."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["reference"].help_text = _(
+            "The new consent's (or the correction's) case number; never a name."
+        )
+        self.fields["confirm"].label = _(
+            "The patient consented again: later versions may pack their data"
+        )
 
 
 class TokenizerForm(forms.Form):

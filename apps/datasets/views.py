@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from itertools import chain
 from typing import Any
 from urllib.parse import urlencode
@@ -32,6 +33,7 @@ from apps.datasets.filtersets import VersionFilterForm
 from apps.datasets.forms import (
     AnnotationForm,
     BuildForm,
+    ConsentForm,
     LineageSearchForm,
     ReinstatementForm,
     TokenizerForm,
@@ -359,57 +361,64 @@ def lineage_search(request: HttpRequest) -> HttpResponse:
     )
 
 
-@roles(*WITHDRAW)
-@require_POST
-def consent_withdraw(request: HttpRequest) -> HttpResponse:
-    """Record a patient's consent withdrawal from their lineage report, then show it again."""
-    form = WithdrawalForm(request.POST)
+def _record_consent(
+    request: HttpRequest, form: ConsentForm, record: Callable[..., str], invalid: str
+) -> HttpResponse:
+    """The consent forms' one path: check the form, let ``record(pseudonym, reference=,
+    acting_user=)`` call the service and name what it did, then show the report again."""
     if not form.is_valid():
-        messages.error(request, _("Tick the confirmation to record a withdrawal."))
+        messages.error(request, invalid)
         pseudonym = str(request.POST.get("pseudonym", ""))[:80]
     else:
         pseudonym = form.cleaned_data["pseudonym"]
         try:
-            _row, created = services.withdraw_consent(
+            done = record(
                 pseudonym, reference=form.cleaned_data["reference"], acting_user=request.user
             )
         except services.DatasetError as exc:
             messages.error(request, str(exc))
         else:
-            messages.success(
-                request,
-                _("Consent withdrawal recorded: no later version packs this patient's data.")
-                if created
-                else _("This patient's withdrawal was already recorded."),
-            )
+            messages.success(request, done)
     query = urlencode({"q": pseudonym, "kind": "patient"})
     return redirect(f"{reverse('datasets:lineage')}?{query}")
+
+
+@roles(*WITHDRAW)
+@require_POST
+def consent_withdraw(request: HttpRequest) -> HttpResponse:
+    """Record a patient's consent withdrawal from their lineage report, then show it again."""
+
+    def record(pseudonym: str, **kwargs: Any) -> str:
+        _row, created = services.withdraw_consent(pseudonym, **kwargs)
+        return (
+            _("Consent withdrawal recorded: no later version packs this patient's data.")
+            if created
+            else _("This patient's withdrawal was already recorded.")
+        )
+
+    return _record_consent(
+        request,
+        WithdrawalForm(request.POST),
+        record,
+        _("Tick the confirmation to record a withdrawal."),
+    )
 
 
 @roles(*WITHDRAW)
 @require_POST
 def consent_reinstate(request: HttpRequest) -> HttpResponse:
     """Record a patient's renewed consent from their lineage report, then show it again."""
-    form = ReinstatementForm(request.POST)
-    if not form.is_valid():
-        messages.error(
-            request, _("Give the case number and tick the confirmation to record re-consent.")
-        )
-        pseudonym = str(request.POST.get("pseudonym", ""))[:80]
-    else:
-        pseudonym = form.cleaned_data["pseudonym"]
-        try:
-            services.reinstate_consent(
-                pseudonym, reference=form.cleaned_data["reference"], acting_user=request.user
-            )
-        except services.DatasetError as exc:
-            messages.error(request, str(exc))
-        else:
-            messages.success(
-                request, _("Re-consent recorded: versions built from now on may pack this data.")
-            )
-    query = urlencode({"q": pseudonym, "kind": "patient"})
-    return redirect(f"{reverse('datasets:lineage')}?{query}")
+
+    def record(pseudonym: str, **kwargs: Any) -> str:
+        services.reinstate_consent(pseudonym, **kwargs)
+        return _("Re-consent recorded: versions built from now on may pack this data.")
+
+    return _record_consent(
+        request,
+        ReinstatementForm(request.POST),
+        record,
+        _("Give the case number and tick the confirmation to record re-consent."),
+    )
 
 
 @roles(*LINEAGE)
