@@ -31,7 +31,7 @@ from drf_spectacular.utils import (
 )
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -239,7 +239,7 @@ class DatasetVersionViewSet(
                 acting_user=request.user,
             )
         except services.DatasetError as exc:
-            raise ValidationError({"detail": str(exc)}) from None
+            raise _refused(exc) from None
         return Response(VersionSerializer(version).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
@@ -256,7 +256,7 @@ class DatasetVersionViewSet(
         try:
             check = services.request_verify(self.get_object(), acting_user=request.user)
         except services.DatasetError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+            raise _refused(exc, conflict=True) from None
         return Response(CheckSerializer(check).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
@@ -271,7 +271,7 @@ class DatasetVersionViewSet(
         try:
             version = services.cancel_build(self.get_object(), acting_user=request.user)
         except services.DatasetError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+            raise _refused(exc, conflict=True) from None
         return Response(VersionSerializer(version).data)
 
     @extend_schema(responses=MemberSerializer(many=True))
@@ -279,6 +279,17 @@ class DatasetVersionViewSet(
     def lineage(self, request: Request, pk: str | None = None) -> Response:
         page = self.paginate_queryset(services.lineage_of_version(self.get_object()))
         return self.get_paginated_response(MemberSerializer(page, many=True).data)
+
+
+class Conflict(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "conflict"
+
+
+def _refused(exc: services.DatasetError, *, conflict: bool = False) -> APIException:
+    """A service's refusal as the API answers it: ``{"detail": reason}`` with 400 (the request
+    cannot be done) or, with ``conflict``, 409 (not in the object's present state)."""
+    return Conflict(str(exc)) if conflict else ValidationError({"detail": str(exc)})
 
 
 def _of_version(view: viewsets.GenericViewSet, qs: Any) -> Any:
@@ -453,7 +464,7 @@ class ConsentWithdrawalViewSet(
                 acting_user=request.user,
             )
         except services.DatasetError as exc:
-            raise ValidationError({"detail": str(exc)}) from None
+            raise _refused(exc) from None
         return Response(
             WithdrawalSerializer(row).data,
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
@@ -516,7 +527,7 @@ class ConsentReinstatementViewSet(
                 acting_user=request.user,
             )
         except services.DatasetError as exc:
-            raise ValidationError({"detail": str(exc)}) from None
+            raise _refused(exc) from None
         return Response(ReinstatementSerializer(row).data, status=status.HTTP_201_CREATED)
 
 
@@ -561,7 +572,7 @@ class AnnotationSetViewSet(
         except services.AnnotationError as exc:
             raise ValidationError({"file": exc.errors}) from None
         except services.DatasetError as exc:
-            raise ValidationError({"detail": str(exc)}) from None
+            raise _refused(exc) from None
         return Response(AnnotationSetSerializer(created).data, status=status.HTTP_201_CREATED)
 
 
@@ -633,7 +644,7 @@ class TokenizerViewSet(
                 acting_user=request.user,
             )
         except services.DatasetError as exc:
-            raise ValidationError({"detail": str(exc)}) from None
+            raise _refused(exc) from None
         return Response(
             TokenizerSerializer(row).data,
             status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK,
@@ -652,7 +663,7 @@ class TokenizerViewSet(
         try:
             row = tokenizers.cancel_tokenizer(self.get_object(), acting_user=request.user)
         except services.DatasetError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+            raise _refused(exc, conflict=True) from None
         return Response(TokenizerSerializer(row).data)
 
 
