@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib import messages
@@ -335,8 +336,15 @@ def _float(value: str | None) -> float | None:
     return number if number is not None and math.isfinite(number) else None
 
 
-def _png(path: Any, request: HttpRequest) -> HttpResponse:
+def _text(message: str, status: int) -> HttpResponse:
+    return HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
+
+
+def _png(request: HttpRequest, locate: Callable[[], Any]) -> HttpResponse:
+    """One windowed frame of the file ``locate()`` finds: 410 when the patient withdrew
+    consent, 422 when the file cannot be found or rendered."""
     try:
+        path = locate()
         image = rendering.load_image(path)
         data = rendering.render_png(
             image,
@@ -344,8 +352,10 @@ def _png(path: Any, request: HttpRequest) -> HttpResponse:
             center=_float(request.GET.get("c")),
             width=_float(request.GET.get("w")),
         )
-    except rendering.RenderError as exc:
-        return HttpResponse(str(exc), status=422, content_type="text/plain; charset=utf-8")
+    except services.Withdrawn as exc:
+        return _text(str(exc), 410)
+    except (services.ReviewError, rendering.RenderError) as exc:
+        return _text(str(exc), 422)
     response = HttpResponse(data, content_type="image/png")
     response["Cache-Control"] = "private, no-store"  # de-identified is still sensitive
     return response
@@ -356,14 +366,7 @@ def _png(path: Any, request: HttpRequest) -> HttpResponse:
 def image(request: HttpRequest, pk: int) -> HttpResponse:
     """The de-identified pixels of one frame, windowed server-side."""
     item = _item(request, pk)
-    try:
-        path = services.output_path(item)
-    except services.ReviewError as exc:
-        gone = isinstance(exc, services.Withdrawn)
-        return HttpResponse(
-            str(exc), status=410 if gone else 422, content_type="text/plain; charset=utf-8"
-        )
-    return _png(path, request)
+    return _png(request, lambda: services.output_path(item))
 
 
 # --- the original, for privacy officers only --------------------------------------------------
@@ -417,11 +420,4 @@ def original_image(request: HttpRequest, pk: int) -> HttpResponse:
     item = _item(request, pk)
     if not _granted(request, item):
         raise Http404("no audited opening of this original is active")
-    try:
-        path = services.original_path(item)
-    except services.ReviewError as exc:
-        gone = isinstance(exc, services.Withdrawn)
-        return HttpResponse(
-            str(exc), status=410 if gone else 422, content_type="text/plain; charset=utf-8"
-        )
-    return _png(path, request)
+    return _png(request, lambda: services.original_path(item))
